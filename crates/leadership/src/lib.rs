@@ -1,0 +1,1 @@
+//! leadership: being built (see its issue).

@@ -1,0 +1,1 @@
+//! library-models: being built (see its issue).

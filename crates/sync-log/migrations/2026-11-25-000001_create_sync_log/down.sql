@@ -1,0 +1,3 @@
+DROP TABLE sync_meta;
+DROP INDEX sync_log_origin;
+DROP TABLE sync_log;

@@ -1,0 +1,22 @@
+//! # sync-log
+//!
+//! **One job:** store the sync log of one library — the sequenced, hash-chained record of every
+//! change — in its own SQLite file (`sync.db`), and answer "what comes after seq N".
+//!
+//! **Must not know:** the network (iroh), leadership, the models or how they are stored. It
+//! depends on none of the workspace's crates; everything else depends on it for the shared value
+//! types ([`Seq`], [`Epoch`], [`DeviceId`], [`Change`], [`LogEntry`], …) and the one binary
+//! [`codec`].
+
+pub mod codec;
+mod types;
+
+pub use types::{
+    ChangeType, Change, Checksum, DeviceId, Epoch, Hlc, LibraryId, LogEntry, OriginKey, Position,
+    Seq, Stamp,
+};
+mod error;
+mod store;
+
+pub use error::Error;
+pub use store::{Appended, BUSY_TIMEOUT_MS, SCHEMA_VERSION, SyncLog, SyncLogStore};

@@ -1,0 +1,308 @@
+//! Value types shared by every layer: identifiers, sequence numbers, stamps and log entries.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A new, time-ordered (UUIDv7) identifier.
+            pub fn new_v7() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            /// The nil identifier (all zero bits); useful as a "nobody" marker in tests.
+            pub const NIL: Self = Self(Uuid::nil());
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(u: Uuid) -> Self {
+                Self(u)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// Identifies one library (the unit that is kept in sync).
+    LibraryId
+);
+uuid_id!(
+    /// Identifies one device (one member of a library).
+    DeviceId
+);
+
+macro_rules! u64_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+        )]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl $name {
+            /// The zero value.
+            pub const ZERO: Self = Self(0);
+
+            /// The next value (`self + 1`).
+            #[must_use]
+            pub fn next(self) -> Self {
+                Self(self.0 + 1)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl From<u64> for $name {
+            fn from(v: u64) -> Self {
+                Self(v)
+            }
+        }
+    };
+}
+
+u64_newtype!(
+    /// A global sequence number assigned by the leader. The first entry of a log is `Seq(1)`;
+    /// `Seq(0)` means "nothing yet".
+    Seq
+);
+u64_newtype!(
+    /// A leadership term. Entries carry the epoch that sequenced them; a higher epoch fences a
+    /// lower one.
+    Epoch
+);
+
+/// A hybrid logical clock reading: 48 bits of physical milliseconds since the Unix epoch and a
+/// 16-bit logical counter, packed so that the natural `u64` order is the clock order.
+///
+/// The device that made the reading is carried beside it (in [`Stamp`] and [`Change`]), so the
+/// packed value stays one sortable integer column.
+///
+/// ```
+/// use sync_log::Hlc;
+/// let a = Hlc::new(1_700_000_000_000, 0);
+/// let b = Hlc::new(1_700_000_000_000, 1);
+/// assert!(a < b);
+/// assert_eq!(b.millis(), 1_700_000_000_000);
+/// assert_eq!(b.counter(), 1);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Hlc(pub u64);
+
+impl Hlc {
+    /// Bits used by the logical counter.
+    pub const COUNTER_BITS: u32 = 16;
+    /// Largest physical time representable (milliseconds).
+    pub const MAX_MILLIS: u64 = (1 << (64 - Self::COUNTER_BITS)) - 1;
+
+    /// Packs a physical time (clamped to [`Hlc::MAX_MILLIS`]) and a counter.
+    pub fn new(millis: u64, counter: u16) -> Self {
+        Self((millis.min(Self::MAX_MILLIS) << Self::COUNTER_BITS) | u64::from(counter))
+    }
+
+    /// Physical milliseconds since the Unix epoch.
+    pub fn millis(self) -> u64 {
+        self.0 >> Self::COUNTER_BITS
+    }
+
+    /// Logical counter within one millisecond.
+    pub fn counter(self) -> u16 {
+        // Truncation is the point: the low bits are the counter.
+        (self.0 & 0xFFFF) as u16
+    }
+}
+
+/// The last-writer-wins stamp of a record version: compared as `(version, hlc, device)`,
+/// the larger stamp wins.
+///
+/// ```
+/// use sync_log::{DeviceId, Hlc, Stamp};
+/// let d1 = DeviceId(uuid::Uuid::from_u128(1));
+/// let d2 = DeviceId(uuid::Uuid::from_u128(2));
+/// let a = Stamp { version: 2, hlc: Hlc::new(10, 0), device: d1 };
+/// let b = Stamp { version: 1, hlc: Hlc::new(99, 0), device: d2 };
+/// assert!(a > b, "a higher version wins whatever the clock says");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Per-record version, bumped by every write.
+    pub version: u64,
+    /// Hybrid logical clock of the write.
+    pub hlc: Hlc,
+    /// Device that made the write.
+    pub device: DeviceId,
+}
+
+/// What a change does to its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChangeType {
+    /// A new record.
+    Insert,
+    /// A new version of an existing record.
+    Update,
+    /// A tombstone: the record is deleted and must never come back to life.
+    Delete,
+    /// One entry describing a bulk operation whose rows travel as a stream.
+    Bulk,
+}
+
+impl ChangeType {
+    /// The stable on-disk code of this change type.
+    pub fn code(self) -> i16 {
+        match self {
+            Self::Insert => 0,
+            Self::Update => 1,
+            Self::Delete => 2,
+            Self::Bulk => 3,
+        }
+    }
+
+    /// Parses an on-disk code.
+    pub fn from_code(code: i16) -> Option<Self> {
+        Some(match code {
+            0 => Self::Insert,
+            1 => Self::Update,
+            2 => Self::Delete,
+            3 => Self::Bulk,
+            _ => return None,
+        })
+    }
+}
+
+/// The idempotency key of a change: the device that made it and that device's own counter.
+/// The leader sequences each origin key at most once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OriginKey {
+    /// Device that made the change.
+    pub device: DeviceId,
+    /// That device's outbox counter (starts at 1, never reused).
+    pub seq: u64,
+}
+
+/// One change to one record, before (or without) a global sequence number: what an outbox
+/// holds, what a follower submits and what the leader sequences.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Idempotency key.
+    pub origin: OriginKey,
+    /// Hybrid logical clock of the write.
+    pub hlc: Hlc,
+    /// Registered model name (see the `syncable` crate).
+    pub model: String,
+    /// The record this change is about.
+    pub record: Uuid,
+    /// What the change does.
+    pub change: ChangeType,
+    /// Record version after this change.
+    pub version: u64,
+    /// The model's own encoding of the record (opaque to the log).
+    pub payload: Vec<u8>,
+}
+
+impl Change {
+    /// The last-writer-wins stamp of this change. The writer is the origin device.
+    pub fn stamp(&self) -> Stamp {
+        Stamp { version: self.version, hlc: self.hlc, device: self.origin.device }
+    }
+}
+
+/// A 32-byte running checksum: `blake3(previous checksum ‖ entry)`. Two logs that agree on
+/// `(seq, checksum)` agree on every entry up to `seq`.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Checksum(pub [u8; 32]);
+
+impl Checksum {
+    /// The checksum "before the first entry".
+    pub const GENESIS: Self = Self([0; 32]);
+}
+
+impl fmt::Display for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Checksum({self})")
+    }
+}
+
+/// A position in a log: the last sequence number and the running checksum there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// Last sequence number (`Seq(0)` for an empty log).
+    pub seq: Seq,
+    /// Running checksum at `seq` ([`Checksum::GENESIS`] for an empty log).
+    pub checksum: Checksum,
+}
+
+/// A sequenced change: a row of the sync log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Global sequence number.
+    pub seq: Seq,
+    /// Epoch of the leader that sequenced it.
+    pub epoch: Epoch,
+    /// The change itself.
+    pub change: Change,
+    /// Running checksum up to and including this entry.
+    pub checksum: Checksum,
+}
+
+impl LogEntry {
+    /// The checksum this entry must carry when it follows `prev`.
+    ///
+    /// Every field but the checksum itself is hashed, each with a fixed-width or
+    /// length-prefixed encoding, so no two different entries hash alike by concatenation.
+    pub fn chain(prev: &Checksum, seq: Seq, epoch: Epoch, change: &Change) -> Checksum {
+        let mut h = blake3::Hasher::new();
+        h.update(&prev.0);
+        h.update(&seq.0.to_le_bytes());
+        h.update(&epoch.0.to_le_bytes());
+        h.update(change.origin.device.0.as_bytes());
+        h.update(&change.origin.seq.to_le_bytes());
+        h.update(&change.hlc.0.to_le_bytes());
+        h.update(&(change.model.len() as u64).to_le_bytes());
+        h.update(change.model.as_bytes());
+        h.update(change.record.as_bytes());
+        h.update(&change.change.code().to_le_bytes());
+        h.update(&change.version.to_le_bytes());
+        h.update(&(change.payload.len() as u64).to_le_bytes());
+        h.update(&change.payload);
+        Checksum(*h.finalize().as_bytes())
+    }
+
+    /// The position this entry ends at.
+    pub fn position(&self) -> Position {
+        Position { seq: self.seq, checksum: self.checksum }
+    }
+}

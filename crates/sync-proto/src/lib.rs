@@ -1,0 +1,1 @@
+//! sync-proto: being built (see its issue).

@@ -1,0 +1,1 @@
+//! txn-manager: being built (see its issue).

@@ -1,0 +1,57 @@
+//! Maintainer tasks for the library-sync workspace, run as `cargo xtask <command>`.
+//!
+//! Every subcommand is declared here, in one place. Benchmarks print `bench: name = value` lines
+//! and always measure their baseline in the same run, so the ratios mean something on any
+//! machine.
+
+mod bench_commit;
+mod bench_log;
+mod bench_proto;
+mod demo;
+
+use clap::{Parser, Subcommand};
+
+/// Maintainer tasks.
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Maintainer tasks for library-sync")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Shows, honestly, what works so far: a sync log and the write path on a temp directory.
+    Demo,
+    /// Runs a benchmark (build is release; ratios are against a baseline in the same run).
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Sync-log append versus plain diesel inserts of the same rows.
+    LogAppend {
+        /// Rows to append.
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+    },
+    /// TransactionManager commit and apply versus plain diesel inserts.
+    Commit,
+    /// Protocol round trips and throughput over iroh on loopback versus a bare stream.
+    Proto,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo => demo::run(),
+        Command::Bench { which } => match which {
+            Bench::LogAppend { rows } => bench_log::run(rows),
+            Bench::Commit => bench_commit::run(),
+            Bench::Proto => bench_proto::run(),
+        },
+    }
+}
