@@ -53,11 +53,8 @@ pub fn check(metadata: &Value) -> Vec<String> {
     for node in metadata["resolve"]["nodes"].as_array().into_iter().flatten() {
         let Some(from) = node["id"].as_str().and_then(|id| names.get(id)) else { continue };
         for dep in node["deps"].as_array().into_iter().flatten() {
-            let normal = dep["dep_kinds"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|k| k["kind"].is_null());
+            let normal =
+                dep["dep_kinds"].as_array().into_iter().flatten().any(|k| k["kind"].is_null());
             if let (true, Some(to)) = (normal, dep["pkg"].as_str().and_then(|id| names.get(id))) {
                 edges.entry(from.clone()).or_default().insert(to.clone());
             }
@@ -80,12 +77,11 @@ pub fn check(metadata: &Value) -> Vec<String> {
     for (krate, own) in LAYERS {
         let reach = closure(krate);
         for dep in &reach {
-            if let Some(&dep_layer) = layer.get(dep.as_str()) {
-                if dep_layer >= *own {
-                    violations.push(format!(
-                        "{krate} (layer {own}) depends on {dep} (layer {dep_layer})"
-                    ));
-                }
+            if let Some(&dep_layer) = layer.get(dep.as_str())
+                && dep_layer >= *own
+            {
+                violations
+                    .push(format!("{krate} (layer {own}) depends on {dep} (layer {dep_layer})"));
             }
         }
     }
@@ -119,7 +115,8 @@ pub fn check(metadata: &Value) -> Vec<String> {
         let Some(name) = id.as_str().and_then(|id| names.get(id)) else { continue };
         let exempt = ["xtask", "integration-tests", "syncable-fixture"];
         if !layer.contains_key(name.as_str()) && !exempt.contains(&name.as_str()) {
-            violations.push(format!("workspace crate {name} has no layer in tests/src/layering.rs"));
+            violations
+                .push(format!("workspace crate {name} has no layer in tests/src/layering.rs"));
         }
     }
     violations

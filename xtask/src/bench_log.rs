@@ -111,7 +111,7 @@ fn time_raw(dir: &std::path::Path, round: usize, changes: &[Change]) -> anyhow::
 
 pub(crate) fn run(rows: usize) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
-        eprintln!("note: debug build; run `cargo run --release -p xtask -- bench log-append` for real figures");
+        eprintln!("note: debug build (--debug): these figures mean nothing");
     }
     let changes = workload(rows);
     let dir = tempfile::tempdir()?;
@@ -127,9 +127,6 @@ pub(crate) fn run(rows: usize) -> anyhow::Result<()> {
     println!("bench: rows = {rows} (batches of {BATCH}, best of {ROUNDS} rounds)");
     println!("bench: log_append_rows_per_s = {:.0}", per_s(best_log));
     println!("bench: raw_insert_rows_per_s = {:.0}", per_s(best_raw));
-    println!(
-        "bench: log_append_overhead = {:.3}",
-        best_log.as_secs_f64() / best_raw.as_secs_f64()
-    );
+    println!("bench: log_append_overhead = {:.3}", best_log.as_secs_f64() / best_raw.as_secs_f64());
     Ok(())
 }

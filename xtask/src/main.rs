@@ -25,6 +25,9 @@ enum Command {
     Demo,
     /// Runs a benchmark (build is release; ratios are against a baseline in the same run).
     Bench {
+        /// Measure with this (debug) build instead of re-running in release; for smoke tests.
+        #[arg(long)]
+        debug: bool,
         #[command(subcommand)]
         which: Bench,
     },
@@ -44,11 +47,26 @@ enum Bench {
     Proto,
 }
 
+/// Benchmarks mean nothing in a debug build: run the same command line again from a release
+/// build of xtask.
+fn rerun_in_release() -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+        .args(std::env::args_os().skip(1))
+        .status()?;
+    if !status.success() {
+        anyhow::bail!("release benchmark run failed: {status}");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo => demo::run(),
-        Command::Bench { which } => match which {
+        Command::Bench { debug, which } if cfg!(debug_assertions) && !debug => rerun_in_release(),
+        Command::Bench { which, .. } => match which {
             Bench::LogAppend { rows } => bench_log::run(rows),
             Bench::Commit => bench_commit::run(),
             Bench::Proto => bench_proto::run(),

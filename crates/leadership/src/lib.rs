@@ -1,1 +1,106 @@
-//! leadership: being built (see its issue).
+//! # leadership
+//!
+//! **One job:** decide which device of a library leads — the one that gives changes their
+//! global sequence numbers — with epochs, leases and fencing, so that leadership moves when a
+//! leader goes away and a split brain heals by itself.
+//!
+//! **Must not know:** diesel or any database (persistence is the [`LeadershipStore`] trait),
+//! iroh or the network (messages leave through [`Transport`] / [`Action::Send`]), the clock (the
+//! machine is given [`Time`]; only the [`driver`] reads `tokio::time`), or the log, models and
+//! other crates of the workspace. It depends on none of them.
+//!
+//! ## Shape
+//!
+//! * [`Leadership`] is a pure state machine: [`Input`]s (ticks, heartbeats and claims heard from
+//!   peers, save acknowledgements, position, membership) in, [`Action`]s (persist, send, role
+//!   [`Change`]s) out. Same inputs at the same times, same actions.
+//! * [`driver::spawn`] runs one machine on tokio through three seams: [`LeadershipStore`],
+//!   [`Transport`], [`Observer`]. It publishes a [`Status`] with a [`Fence`] after every step.
+//! * [`Fence`] tells the service which pushes to accept and whether it may sequence.
+//!
+//! ## Rules
+//!
+//! With `H` the heartbeat interval (default 1 s), `L` the lease (default 5 s) and `W` the claim
+//! window (default 250 ms), all in [`Config`]:
+//!
+//! 1. **Creation.** The library's creator leads epoch 1 as soon as epoch 1 is saved. A device
+//!    that joins, or restarts, starts as a follower that knows no leader.
+//! 2. **Heartbeats and lease.** The leader sends a heartbeat to every member every `H`. A
+//!    follower holds the leader's lease for `L` after each heartbeat it hears.
+//! 3. **Election.** When its lease lapses, a member stands for `max_epoch + 1` (the highest
+//!    epoch it has seen, plus one). A member that hears a claim for an epoch above its own
+//!    joins that election: it stands too if its own rank is better, and defers otherwise.
+//!    Rank = most caught-up [`Position`] first, then the highest [`DeviceId`]. A candidate that
+//!    hears a better claim for its epoch defers; one that hears no better claim for `W` after
+//!    sending its claim leads. A deferring device waits one lease for the winner's heartbeat,
+//!    then elects again (at a new epoch).
+//! 4. **Persist before acting.** A new epoch is saved ([`Action::Persist`], acknowledged with
+//!    [`Input::Persisted`]) before the device claims it, and therefore before it leads it. If the
+//!    save does not complete within `H`, the candidacy is given up. Raising the epoch because a
+//!    *peer* is ahead is saved too, but following needs no acknowledgement: stepping back is
+//!    always safe.
+//! 5. **Higher epoch wins at once.** A device that hears a heartbeat or claim with a higher
+//!    epoch steps down at once (a leader emits [`Change::StepDown`] before anything else).
+//! 6. **Same epoch: higher device id.** Two leaders of one epoch (only possible across a
+//!    partition) resolve to the higher device id as soon as one heartbeat crosses; a leader that
+//!    hears a lower term answers it with an immediate heartbeat. A candidate that hears a leader
+//!    of its own epoch follows it: the epoch is taken.
+//! 7. **Restarts.** A restarted device resumes from its saved record: it never claims an epoch at
+//!    or below the saved `max_epoch`, and never leads again without winning a new epoch.
+//! 8. **Membership.** Messages from non-members are ignored; a non-member never claims or leads;
+//!    removing the followed leader from the member list counts as losing it (an election starts
+//!    at once).
+//!
+//! Without a quorum (personal devices), two sides of a partition can both elect, even at the
+//! same epoch number; they hold different [`Term`]s `(epoch, device)`, and entries stamped with
+//! a term are unambiguous. When the sides meet, the higher term wins within one heartbeat and
+//! the loser hands over (see [`StepDown`]); the log layer repairs the divergence (design-notes
+//! rule 5).
+//!
+//! ## Timing guarantees (proved by the simulation tests)
+//!
+//! With one-way message delays of at most `d`, saves of at most `p`, timers late by at most
+//! `j`, and `W >= 2d + p` (so connected candidates see each other's claims before deciding):
+//!
+//! * **Leader loss, or faults stopping:** every live member follows one and the same leader
+//!   within `L + W + 3d + 2p + j` (5.59 s with the defaults, `d = 100 ms`, `p = 10 ms`,
+//!   `j = 20 ms`: below `L + H`).
+//! * **Split brain:** two leaders that can hear each other coexist for at most `H + j + d`.
+//! * **Elections per fault:** a crash or a clean partition costs at most one epoch. A cut that
+//!   leaves connectivity non-transitive (A hears B, B hears C, A does not hear C) or one-way,
+//!   lasting `D`, costs at most `ceil(D / L)` epochs: the cut-off device keeps losing sight of
+//!   the leader the others pick. Never faster than one per lease: there is no epoch storm.
+//!
+//! ## Example
+//!
+//! ```
+//! use leadership::{Action, Config, DeviceId, Epoch, Input, Leadership, Message, Start, Term, Time};
+//!
+//! let (a, b) = (DeviceId::from_u128(1), DeviceId::from_u128(2));
+//! let (mut follower, _) = Leadership::start(Config::default(), b, [a, b], Start::Join, Time::ZERO);
+//! let heartbeat = Message::Heartbeat { term: Term::new(Epoch(1), a), position: Default::default() };
+//! follower.handle(Time::from_millis(10), Input::Received { from: a, message: heartbeat });
+//! assert_eq!(follower.status().leader, Some(Term::new(Epoch(1), a)));
+//!
+//! // Nothing heard for a lease: b stands for epoch 2 — after saving it.
+//! let actions = follower.handle(Time::from_millis(5_010), Input::Tick);
+//! assert!(matches!(&actions[0], Action::Persist(r) if r.max_epoch == Epoch(2)));
+//! ```
+
+mod config;
+pub mod driver;
+mod error;
+mod fence;
+mod machine;
+mod protocol;
+mod store;
+mod types;
+
+pub use config::Config;
+pub use driver::{DriverHandle, DriverParams, FirstStart, Observer, Transport};
+pub use error::{Error, Result};
+pub use fence::{Fence, Verdict};
+pub use machine::{Leadership, RoleKind, Status};
+pub use protocol::{Action, Change, Input, Message, Start, StepDown, StepDownReason};
+pub use store::{LeadershipStore, MemoryStore, PersistedLeadership, store_suite};
+pub use types::{DeviceId, Epoch, Position, Term, Time};

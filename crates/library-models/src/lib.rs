@@ -1,1 +1,141 @@
-//! library-models: being built (see its issue).
+//! # library-models
+//!
+//! **One job:** define the reference models of a library (Device, Location, Tag, Collection,
+//! UserMetadata, the UserMetadata–Tag link, Entry), the library database they live in (diesel
+//! schema + embedded migrations, pragmas, the newer-schema check), their last-writer-wins
+//! apply, and their part of the content hash ([`syncable::Syncable::hash_rows`]; the hash
+//! itself is [`syncable::Registry::content_hash`], which [`content_hash`] calls).
+//!
+//! **Must not know:** the network (iroh, sync-proto), leadership, the sync service, outbox
+//! logic or sequencing. It knows the *shape* of the local tables (outbox, local state, kept
+//! entries) because they live in the same database; the write path in `txn-manager` owns what
+//! happens to them.
+//!
+//! ## Sync columns and the merge rule
+//!
+//! Every syncable row has `uuid` (16-byte BLOB, primary key; UUIDv7 for new records),
+//! `version`, `hlc`, `device_id` (last writer) and `tombstone`. Applying a change
+//! ([`syncable::Syncable::apply`]) is ONE `INSERT … ON CONFLICT DO UPDATE … WHERE` statement:
+//! the row becomes the change's payload (with the change's stamp, and `tombstone` set for a
+//! delete) when the change's `(version, hlc, device)` is larger than the stored one. The row is
+//! a pure function of the winning change, so any order of the same changes, with duplicates,
+//! gives identical tables. A delete is a tombstone that keeps its stamp; a concurrent update
+//! with a larger stamp wins over it (pure LWW, as the design notes require).
+//!
+//! ## The missing-parent rule
+//!
+//! References between rows (a tag link's tag, an entry's parent or location, metadata's entry)
+//! are **not foreign keys and are never checked on apply**: a change is applied to its own row
+//! whether or not the row it refers to is present, tombstoned or not yet arrived. Nothing is
+//! dropped, deferred or failed; the parent's own change fills the gap whenever it is applied.
+//! Readers treat a reference to a missing or tombstoned row as dangling (e.g. a link whose tag
+//! is not there is not shown). This keeps every row's merge independent, which is what makes
+//! the result order-independent.
+//!
+//! ## Links
+//!
+//! [`UserMetadataTag`] ids are derived from the pair ([`UserMetadataTag::link_id`], a UUIDv8
+//! — the one exception to "ids are UUIDv7"), so "add" and "remove" of one link on two devices
+//! are two writes to one record and converge by LWW.
+//!
+//! ## Linking
+//!
+//! The models register themselves with [`syncable::register_syncable_model!`]. Every final
+//! artifact that builds a [`syncable::Registry`] must name this crate (`use library_models as _;`)
+//! or the linker may drop the registrations (see the `syncable` crate docs).
+//!
+//! ```
+//! use library_models as _;
+//! let registry = syncable::Registry::from_inventory()?;
+//! registry.require(library_models::REFERENCE_MODELS)?;
+//! # Ok::<(), syncable::Error>(())
+//! ```
+
+mod db;
+mod hash;
+mod id;
+mod local;
+mod model;
+mod models;
+pub mod schema;
+
+use std::path::PathBuf;
+
+pub use db::{BUSY_TIMEOUT_MS, PRAGMAS, SCHEMA_VERSION, open_library, schema_version};
+pub use hash::{ContentHash, REFERENCE_MODELS, content_hash};
+pub use id::Id;
+pub use local::{LocalState, OutboxRow, PendingRow, leadership_state, set_leadership_state};
+pub use model::LibraryModel;
+pub use models::{Collection, Device, Entry, Location, Tag, UserMetadata, UserMetadataTag};
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database was written by a newer build.
+    #[error(
+        "{path}: library schema version {file} is newer than this build supports ({supported})"
+    )]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// Schema version found in the file.
+        file: u32,
+        /// Highest schema version this build knows.
+        supported: u32,
+    },
+    /// The file holds tables but is not a library database.
+    #[error("{path}: not a library database")]
+    NotALibrary {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The database could not be opened or configured.
+    #[error("{path}: cannot open library database: {detail}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        detail: String,
+    },
+    /// Applying the embedded migrations failed.
+    #[error("{path}: migration failed: {detail}")]
+    Migration {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// The device row does not exist.
+    #[error("no device row for {0}")]
+    NoDeviceRow(Id),
+    /// An argument out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Encoding a row failed.
+    #[error("codec: {0}")]
+    Codec(#[from] sync_log::Error),
+    /// The registry, or a model's hashing or apply, failed.
+    #[error(transparent)]
+    Syncable(#[from] syncable::Error),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
+}
+
+impl Error {
+    /// Whether the same call may succeed later (the database was locked).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Database(diesel::result::Error::DatabaseError(_, info))
+            | Self::Syncable(syncable::Error::Database(diesel::result::Error::DatabaseError(
+                _,
+                info,
+            ))) => {
+                let m = info.message().to_ascii_lowercase();
+                m.contains("locked") || m.contains("busy")
+            }
+            _ => false,
+        }
+    }
+}

@@ -22,7 +22,9 @@ pub enum Error {
         found: LibraryId,
     },
     /// The file was written by a newer build.
-    #[error("{path}: sync log schema version {file} is newer than this build supports ({supported})")]
+    #[error(
+        "{path}: sync log schema version {file} is newer than this build supports ({supported})"
+    )]
     NewerSchema {
         /// The file.
         path: PathBuf,

@@ -12,7 +12,7 @@ pub mod codec;
 mod types;
 
 pub use types::{
-    ChangeType, Change, Checksum, DeviceId, Epoch, Hlc, LibraryId, LogEntry, OriginKey, Position,
+    Change, ChangeType, Checksum, DeviceId, Epoch, Hlc, LibraryId, LogEntry, OriginKey, Position,
     Seq, Stamp,
 };
 mod error;

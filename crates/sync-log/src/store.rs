@@ -198,10 +198,8 @@ impl SyncLogStore {
         let url = path.to_str().ok_or_else(|| {
             Error::InvalidArgument(format!("{}: path is not UTF-8", path.display()))
         })?;
-        let mut conn = SqliteConnection::establish(url).map_err(|e| Error::Corrupt {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
+        let mut conn = SqliteConnection::establish(url)
+            .map_err(|e| Error::Corrupt { path: path.to_owned(), detail: e.to_string() })?;
         // journal_mode sticks to the file; synchronous and busy_timeout are per connection.
         conn.batch_execute(&format!(
             "PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
@@ -234,7 +232,11 @@ impl SyncLogStore {
                     detail: "library_id missing".into(),
                 })?;
             if found != library {
-                return Err(Error::ForeignLibrary { path: path.to_owned(), expected: library, found });
+                return Err(Error::ForeignLibrary {
+                    path: path.to_owned(),
+                    expected: library,
+                    found,
+                });
             }
             check_integrity(&mut conn, path)?;
         } else if !create || table_count(&mut conn).map_err(|e| corrupt(e.into()))? > 0 {
@@ -248,14 +250,16 @@ impl SyncLogStore {
             .map_err(|e| corrupt(Error::Migration(e.to_string())))?;
         if !has_meta {
             diesel::insert_into(sync_meta::table)
-                .values((sync_meta::key.eq("library_id"), sync_meta::value.eq(library.0.to_string())))
+                .values((
+                    sync_meta::key.eq("library_id"),
+                    sync_meta::value.eq(library.0.to_string()),
+                ))
                 .execute(&mut conn)
                 .map_err(|e| corrupt(e.into()))?;
         }
 
         let floor = read_floor(&mut conn).map_err(&corrupt)?;
-        let mut store =
-            Self { conn, path: path.to_owned(), library, head: floor, floor };
+        let mut store = Self { conn, path: path.to_owned(), library, head: floor, floor };
         store.head = store.load_head()?;
         Ok(store)
     }
@@ -361,7 +365,11 @@ impl SyncLogStore {
                 match ours {
                     Some(ours) if ours == entry.checksum => continue,
                     Some(ours) => {
-                        return Err(Error::Diverged { seq: entry.seq, ours, theirs: entry.checksum });
+                        return Err(Error::Diverged {
+                            seq: entry.seq,
+                            ours,
+                            theirs: entry.checksum,
+                        });
                     }
                     None => {}
                 }
@@ -497,8 +505,7 @@ impl SyncLogStore {
         let removed = self.read_after(seq, usize::MAX)?;
         self.conn
             .immediate_transaction(|conn| {
-                diesel::delete(sync_log::table.filter(sync_log::seq.gt(to_db(seq.0))))
-                    .execute(conn)
+                diesel::delete(sync_log::table.filter(sync_log::seq.gt(to_db(seq.0)))).execute(conn)
             })
             .map_err(|e| self.classify(e.into()))?;
         self.head = Position { seq, checksum };
@@ -516,7 +523,8 @@ impl SyncLogStore {
             let Some(last) = batch.last() else { break };
             let last_seq = last.seq;
             for entry in &batch {
-                let expected = LogEntry::chain(&prev.checksum, entry.seq, entry.epoch, &entry.change);
+                let expected =
+                    LogEntry::chain(&prev.checksum, entry.seq, entry.epoch, &entry.change);
                 if entry.seq != prev.seq.next() || expected != entry.checksum {
                     return Err(Error::Corrupt {
                         path,
@@ -691,11 +699,7 @@ fn check_integrity_full(conn: &mut SqliteConnection, path: &Path) -> Result<(), 
 }
 
 fn read_meta(conn: &mut SqliteConnection, key: &str) -> Result<Option<String>, Error> {
-    Ok(sync_meta::table
-        .find(key)
-        .select(sync_meta::value)
-        .first::<String>(conn)
-        .optional()?)
+    Ok(sync_meta::table.find(key).select(sync_meta::value).first::<String>(conn).optional()?)
 }
 
 fn write_meta(conn: &mut SqliteConnection, key: &str, value: &str) -> Result<(), Error> {
@@ -775,9 +779,10 @@ impl SyncLog {
 
     /// Opens (or creates) the log at `path` on the blocking pool.
     pub async fn open_or_create(path: PathBuf, library: LibraryId) -> Result<Self, Error> {
-        let store = tokio::task::spawn_blocking(move || SyncLogStore::open_or_create(&path, library))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+        let store =
+            tokio::task::spawn_blocking(move || SyncLogStore::open_or_create(&path, library))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
         Ok(Self::new(store))
     }
 

@@ -110,7 +110,9 @@ u64_newtype!(
 /// assert_eq!(b.millis(), 1_700_000_000_000);
 /// assert_eq!(b.counter(), 1);
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Hlc(pub u64);
 

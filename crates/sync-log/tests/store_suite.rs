@@ -234,7 +234,9 @@ fn foreign_library_is_refused() {
     SyncLogStore::create(&path, theirs).unwrap();
     let err = SyncLogStore::open(&path, ours).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::ForeignLibrary { expected, found, .. } if expected == ours && found == theirs));
+    assert!(
+        matches!(err, Error::ForeignLibrary { expected, found, .. } if expected == ours && found == theirs)
+    );
     assert!(msg.contains(&ours.to_string()) && msg.contains(&theirs.to_string()), "{msg}");
     assert!(!err.is_retryable());
 }
@@ -333,9 +335,8 @@ fn overwritten_bytes_are_detected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_handle_serialises_concurrent_appends() {
     let dir = tempfile::tempdir().unwrap();
-    let log = SyncLog::open_or_create(dir.path().join("sync.db"), LibraryId::new_v7())
-        .await
-        .unwrap();
+    let log =
+        SyncLog::open_or_create(dir.path().join("sync.db"), LibraryId::new_v7()).await.unwrap();
     let mut tasks = Vec::new();
     for dev in 1..=4u128 {
         let log = log.clone();

@@ -11,8 +11,52 @@
 //!
 //! Implement [`Syncable`] for the model type and add one line in the model's own crate:
 //!
-//! ```ignore
+//! ```
+//! use diesel::SqliteConnection;
+//! use sync_log::{Change, Stamp};
+//! use syncable::{Applied, Error, Registry, Syncable};
+//!
+//! struct Tag {
+//!     id: uuid::Uuid,
+//!     stamp: Stamp,
+//!     name: String,
+//! }
+//!
+//! impl Syncable for Tag {
+//!     const MODEL: &'static str = "doc_tag";
+//!     fn record_id(&self) -> uuid::Uuid {
+//!         self.id
+//!     }
+//!     fn stamp(&self) -> Stamp {
+//!         self.stamp
+//!     }
+//!     fn encode(&self) -> Result<Vec<u8>, Error> {
+//!         sync_log::codec::encode(&self.name).map_err(|source| Error::Payload {
+//!             model: Self::MODEL.into(),
+//!             record: self.id,
+//!             source,
+//!         })
+//!     }
+//!     fn apply(_conn: &mut SqliteConnection, _change: &Change) -> Result<Applied, Error> {
+//!         // Compare the change's stamp with the stored one; write only if it is larger.
+//!         Ok(Applied::Won)
+//!     }
+//!     fn hash_rows(
+//!         _conn: &mut SqliteConnection,
+//!         _row: &mut dyn FnMut(&[u8]),
+//!     ) -> Result<(), Error> {
+//!         // Read every row of the table (tombstones too) in uuid order and pass each row's
+//!         // canonical encoding, every synced column, to `row`. This sketch has no table.
+//!         Ok(())
+//!     }
+//! }
+//!
+//! // The one line that makes `Tag` syncable:
 //! syncable::register_syncable_model!(Tag);
+//!
+//! let registry = Registry::from_inventory()?;
+//! assert!(registry.knows("doc_tag"));
+//! # Ok::<(), Error>(())
 //! ```
 //!
 //! ## What a dependent crate must write (the linker note)
@@ -22,7 +66,7 @@
 //! with it: the registry is then silently missing those models. So **every final artifact
 //! must name each crate that registers models at least once**, e.g.
 //!
-//! ```ignore
+//! ```text
 //! use library_models as _;
 //! ```
 //!
@@ -30,6 +74,13 @@
 //! the artifact uses. [`Registry::from_inventory`] logs the names it found at `debug` level, and
 //! [`Registry::require`] turns "a model I expect is missing" into an error at start-up instead
 //! of a surprise later.
+//!
+//! ## The content hash
+//!
+//! [`Registry::content_hash`] is the one function that says whether two libraries hold the
+//! same syncable data: it walks the registry in name order and hashes what each model's
+//! [`Syncable::hash_rows`] feeds it. A model registered anywhere is covered without touching
+//! any list; a model that is not registered is not (see the linker note).
 //!
 //! ## Registry rules
 //!
@@ -65,7 +116,9 @@ pub enum Error {
         second: &'static str,
     },
     /// Models a caller required at start-up are not registered (see the linker note).
-    #[error("models not registered in this build: {0:?} (is the crate that registers them named in this artifact?)")]
+    #[error(
+        "models not registered in this build: {0:?} (is the crate that registers them named in this artifact?)"
+    )]
     MissingModels(Vec<String>),
     /// The payload of a change could not be decoded for its model.
     #[error("bad payload for {model} {record}: {source}")]
@@ -128,9 +181,86 @@ pub trait Syncable: Sized + 'static {
     /// Applies `change` (an insert, update, delete or bulk entry of this model) inside the
     /// caller's open transaction on `conn`.
     fn apply(conn: &mut SqliteConnection, change: &Change) -> Result<Applied, Error>;
+
+    /// Feeds every row of this model's table to `row`, one call per row, so that
+    /// [`Registry::content_hash`] covers the model. The contract, which convergence checks
+    /// rely on:
+    ///
+    /// - **every** row, tombstones included (a delete is state too);
+    /// - in `uuid` order (the 16 bytes of [`Syncable::record_id`], compared as bytes), so two
+    ///   tables with the same rows give the same calls whatever order they were written in;
+    /// - each row's **every synced column**, sync columns (`version`, `hlc`, `device_id`,
+    ///   tombstone) included, and no local column (nothing that is not in the payload);
+    /// - a canonical encoding: equal rows give equal bytes on every device and build (e.g.
+    ///   [`sync_log::codec`] of the record, as [`Syncable::encode`] does).
+    ///
+    /// There is deliberately no default: one that fed nothing would hide the model's rows from
+    /// every convergence check. A model with no table of its own feeds nothing, explicitly.
+    fn hash_rows(conn: &mut SqliteConnection, row: &mut dyn FnMut(&[u8])) -> Result<(), Error>;
+
+    /// Applies `changes` (all of this model, in order) inside the caller's open transaction:
+    /// the same merge as [`Syncable::apply`] for each, but a model may do it in fewer
+    /// statements (e.g. one multi-row upsert). A change that cannot be decoded or is invalid
+    /// for the model is not written and is reported in [`BatchApplied::rejected`] by its index;
+    /// a database error fails the whole call. The default calls [`Syncable::apply`] per change.
+    fn apply_batch(
+        conn: &mut SqliteConnection,
+        changes: &[&Change],
+    ) -> Result<BatchApplied, Error> {
+        let mut out = BatchApplied::default();
+        for (i, change) in changes.iter().enumerate() {
+            match Self::apply(conn, change) {
+                Ok(Applied::Won) => out.written += 1,
+                Ok(_) => out.unchanged += 1,
+                Err(e @ (Error::Payload { .. } | Error::InvalidChange { .. })) => {
+                    out.rejected.push((i, e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
 }
 
-/// One model's entry in the registry: its name, where it was registered, and its apply function.
+/// What [`Syncable::apply_batch`] did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct BatchApplied {
+    /// Changes that were written (won their record; a batch statement may count a record
+    /// written twice in one batch twice).
+    pub written: u64,
+    /// Changes that lost to the stored stamp or were duplicates.
+    pub unchanged: u64,
+    /// Changes not written because they are invalid for the model, by index in the batch.
+    pub rejected: Vec<(usize, Error)>,
+}
+
+impl BatchApplied {
+    /// A batch result (for implementations outside this crate).
+    pub fn new(written: u64, unchanged: u64, rejected: Vec<(usize, Error)>) -> Self {
+        Self { written, unchanged, rejected }
+    }
+}
+
+/// A blake3 digest of every syncable table of a library ([`Registry::content_hash`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContentHash(pub [u8; 32]);
+
+impl fmt::Debug for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ContentHash(")?;
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// The type of [`Syncable::hash_rows`] as stored in a [`ModelRegistration`]: reads the model's
+/// table on the connection and feeds each row's canonical bytes to the sink.
+pub type HashRowsFn = fn(&mut SqliteConnection, &mut dyn FnMut(&[u8])) -> Result<(), Error>;
+
+/// One model's entry in the registry: its name, where it was registered, and its functions.
 /// Built by [`register_syncable_model!`]; rarely written by hand.
 #[derive(Clone, Copy)]
 pub struct ModelRegistration {
@@ -140,12 +270,22 @@ pub struct ModelRegistration {
     pub registered_at: &'static str,
     /// [`Syncable::apply`].
     pub apply: fn(&mut SqliteConnection, &Change) -> Result<Applied, Error>,
+    /// [`Syncable::apply_batch`].
+    pub apply_batch: fn(&mut SqliteConnection, &[&Change]) -> Result<BatchApplied, Error>,
+    /// [`Syncable::hash_rows`].
+    pub hash_rows: HashRowsFn,
 }
 
 impl ModelRegistration {
     /// The registration of `T`, made at `registered_at` (pass `module_path!()`).
     pub const fn of<T: Syncable>(registered_at: &'static str) -> Self {
-        Self { name: T::MODEL, registered_at, apply: T::apply }
+        Self {
+            name: T::MODEL,
+            registered_at,
+            apply: T::apply,
+            apply_batch: T::apply_batch,
+            hash_rows: T::hash_rows,
+        }
     }
 }
 
@@ -163,9 +303,7 @@ inventory::collect!(ModelRegistration);
 /// Registers a [`Syncable`] type in the zero-touch registry. Write it once, in the model's own
 /// crate, next to the model.
 ///
-/// ```ignore
-/// syncable::register_syncable_model!(my_crate::Tag);
-/// ```
+/// See the [crate documentation](crate) for a complete, compiled example.
 #[macro_export]
 macro_rules! register_syncable_model {
     ($model:ty) => {
@@ -248,8 +386,81 @@ impl Registry {
         self.models.get(name).ok_or_else(|| Error::UnknownModel(name.to_owned()))
     }
 
+    /// The content hash of the syncable tables of every registered model: the one function
+    /// convergence checks compare.
+    ///
+    /// Canonical form: models in name order (the registry is sorted); for each model with at
+    /// least one row, its name (length-prefixed), its row count and the blake3 of its rows as
+    /// fed by [`Syncable::hash_rows`] (each row length-prefixed, in uuid order, tombstones
+    /// included). A model with no rows contributes nothing, so two builds that differ only by
+    /// a model nobody has written yet agree. Local state is never fed, so it is never hashed.
+    /// The tables are read in one transaction (a savepoint inside the caller's), so the hash is
+    /// of one consistent snapshot.
+    ///
+    /// ```
+    /// use diesel::Connection;
+    /// let mut conn = diesel::SqliteConnection::establish(":memory:")?;
+    /// let registry = syncable::Registry::from_inventory()?;
+    /// let before = registry.content_hash(&mut conn)?;
+    /// assert_eq!(registry.content_hash(&mut conn)?, before, "a pure function of the tables");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn content_hash(&self, conn: &mut SqliteConnection) -> Result<ContentHash, Error> {
+        use diesel::Connection;
+        conn.transaction(|conn| {
+            let mut outer = blake3::Hasher::new();
+            outer.update(b"syncable/content-hash/v2");
+            for (name, registration) in &self.models {
+                let mut rows = blake3::Hasher::new();
+                let mut count: u64 = 0;
+                (registration.hash_rows)(conn, &mut |row: &[u8]| {
+                    rows.update(&(row.len() as u64).to_le_bytes());
+                    rows.update(row);
+                    count += 1;
+                })?;
+                if count == 0 {
+                    continue;
+                }
+                outer.update(&(name.len() as u64).to_le_bytes());
+                outer.update(name.as_bytes());
+                outer.update(&count.to_le_bytes());
+                outer.update(rows.finalize().as_bytes());
+            }
+            Ok(ContentHash(*outer.finalize().as_bytes()))
+        })
+    }
+
     /// Applies `change` through its model inside the caller's transaction.
     pub fn apply(&self, conn: &mut SqliteConnection, change: &Change) -> Result<Applied, Error> {
         (self.get(&change.model)?.apply)(conn, change)
+    }
+
+    /// Applies `changes` in order inside the caller's transaction, each run of consecutive
+    /// changes of one model through that model's [`Syncable::apply_batch`]. Rejected indexes
+    /// are positions in `changes`. An unknown model fails the call with
+    /// [`Error::UnknownModel`] before anything is written: filter with [`Registry::knows`].
+    pub fn apply_batch(
+        &self,
+        conn: &mut SqliteConnection,
+        changes: &[&Change],
+    ) -> Result<BatchApplied, Error> {
+        for c in changes {
+            self.get(&c.model)?;
+        }
+        let mut out = BatchApplied::default();
+        let mut start = 0;
+        while start < changes.len() {
+            let model = &changes[start].model;
+            let end = changes[start..]
+                .iter()
+                .position(|c| &c.model != model)
+                .map_or(changes.len(), |n| start + n);
+            let run = (self.get(model)?.apply_batch)(conn, &changes[start..end])?;
+            out.written += run.written;
+            out.unchanged += run.unchanged;
+            out.rejected.extend(run.rejected.into_iter().map(|(i, e)| (start + i, e)));
+            start = end;
+        }
+        Ok(out)
     }
 }

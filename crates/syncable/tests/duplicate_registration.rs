@@ -24,6 +24,9 @@ macro_rules! model {
             fn apply(_: &mut SqliteConnection, _: &Change) -> Result<Applied, Error> {
                 Ok(Applied::Won)
             }
+            fn hash_rows(_: &mut SqliteConnection, _: &mut dyn FnMut(&[u8])) -> Result<(), Error> {
+                Ok(())
+            }
         }
     };
 }

@@ -1,0 +1,565 @@
+//! The leadership state machine: pure, deterministic, no I/O, no clock.
+
+use std::collections::BTreeSet;
+
+use tracing::{debug, info, trace, warn};
+
+use crate::config::Config;
+use crate::fence::Fence;
+use crate::protocol::{Action, Change, Input, Message, Start, StepDown, StepDownReason};
+use crate::store::PersistedLeadership;
+use crate::types::{DeviceId, Epoch, Position, Term, Time};
+
+/// The role a device plays right now, for status displays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RoleKind {
+    /// Follows a leader, or waits for one.
+    Follower,
+    /// Stands in an election.
+    Candidate,
+    /// Leads; may sequence.
+    Leader,
+}
+
+/// What one device knows about leadership (see [`Leadership::status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Status {
+    /// This device.
+    pub me: DeviceId,
+    /// Its role.
+    pub role: RoleKind,
+    /// The term it leads or follows now (`None` while it waits for or runs an election).
+    pub leader: Option<Term>,
+    /// The highest epoch it has seen or claimed.
+    pub max_epoch: Epoch,
+    /// The highest epoch known to be saved durably.
+    pub durable_epoch: Epoch,
+    /// Its log position.
+    pub position: Position,
+    /// Whether it is a member of the library (non-members never claim or lead).
+    pub member: bool,
+}
+
+impl Status {
+    /// The fence matching this status.
+    pub fn fence(&self) -> Fence {
+        Fence::new(self.me, self.max_epoch, self.leader)
+    }
+
+    /// The term to stamp sequenced entries with, if this device leads.
+    pub fn can_sequence(&self) -> Option<Term> {
+        self.fence().can_sequence()
+    }
+}
+
+/// Election preference: most caught-up first, then the highest device id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    position: Position,
+    device: DeviceId,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// The candidacy's epoch is being saved; nothing is sent before the acknowledgement.
+    Persisting { deadline: Time, founding: bool },
+    /// The claim is out; rival claims are collected until `window_end`.
+    Claiming { window_end: Time },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// `leader` (always of `max_epoch`) is followed; `awaiting` is the better candidate
+    /// deferred to, if any.
+    Follower { leader: Option<Term>, awaiting: Option<DeviceId>, lease_until: Time },
+    /// Always for `max_epoch`.
+    Candidate { epoch: Epoch, stage: Stage },
+    /// Always of `max_epoch`; `epoch` was saved before the role was taken.
+    Leader { epoch: Epoch, next_heartbeat: Time },
+}
+
+/// The leadership state machine of one device.
+///
+/// Feed it [`Input`]s with the current [`Time`] through [`Leadership::handle`], execute the
+/// returned [`Action`]s in order, and call it again with [`Input::Tick`] at
+/// [`Leadership::next_wakeup`]. It performs no I/O and reads no clock, so the same inputs at
+/// the same times always give the same actions. The rules it implements are listed in the
+/// [crate documentation](crate).
+///
+/// ```
+/// use std::time::Duration;
+/// use leadership::{Action, Change, Config, DeviceId, Epoch, Input, Leadership, Start, Time};
+///
+/// let me = DeviceId::from_u128(1);
+/// let (mut machine, actions) =
+///     Leadership::start(Config::default(), me, [me], Start::Create, Time::ZERO);
+/// // Epoch 1 must be saved before the creator leads it.
+/// let Action::Persist(record) = &actions[0] else { panic!("persist first") };
+/// assert_eq!(record.max_epoch, Epoch(1));
+/// assert_eq!(machine.status().leader, None);
+///
+/// let now = Time::ZERO + Duration::from_millis(3);
+/// let actions = machine.handle(now, Input::Persisted(record.clone()));
+/// assert!(actions.iter().any(|a| matches!(a, Action::Change(Change::BecomeLeader { .. }))));
+/// assert_eq!(machine.status().can_sequence().map(|t| t.epoch), Some(Epoch(1)));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    config: Config,
+    me: DeviceId,
+    members: BTreeSet<DeviceId>,
+    position: Position,
+    max_epoch: Epoch,
+    durable_epoch: Epoch,
+    last_leader: Option<Term>,
+    /// The record of the last `Persist` emitted.
+    emitted: PersistedLeadership,
+    /// Since when the current record has been waiting for its acknowledgement.
+    unsaved_since: Option<Time>,
+    /// Re-emit the record at the end of this step (the save is overdue).
+    retry_save: bool,
+    role: Role,
+}
+
+impl Leadership {
+    /// Starts the machine of device `me`, member list `members`, at time `now`.
+    ///
+    /// Returns the machine and the first actions to execute. With [`Start::Create`], `me` is
+    /// added to `members` if missing (the creator is a member by definition).
+    pub fn start(
+        config: Config,
+        me: DeviceId,
+        members: impl IntoIterator<Item = DeviceId>,
+        start: Start,
+        now: Time,
+    ) -> (Self, Vec<Action>) {
+        let mut machine = Self {
+            config,
+            me,
+            members: members.into_iter().collect(),
+            position: Position::default(),
+            max_epoch: Epoch::ZERO,
+            durable_epoch: Epoch::ZERO,
+            last_leader: None,
+            emitted: PersistedLeadership::default(),
+            unsaved_since: None,
+            retry_save: false,
+            role: Role::Follower {
+                leader: None,
+                awaiting: None,
+                lease_until: now + config.lease(),
+            },
+        };
+        let mut out = Vec::new();
+        match start {
+            Start::Create => {
+                machine.members.insert(me);
+                machine.max_epoch = Epoch::FIRST;
+                machine.role = Role::Candidate {
+                    epoch: Epoch::FIRST,
+                    stage: Stage::Persisting { deadline: now + config.heartbeat(), founding: true },
+                };
+                info!(device = %me, "created the library: leading epoch 1 once it is saved");
+            }
+            Start::Join => {
+                info!(device = %me, "joined: waiting one lease for a leader");
+            }
+            Start::Resume(record) => {
+                machine.max_epoch = record.max_epoch;
+                machine.durable_epoch = record.max_epoch;
+                machine.last_leader = record.last_leader;
+                machine.emitted = record;
+                info!(device = %me, max_epoch = %machine.max_epoch,
+                    "restarted as a follower: waiting one lease for a leader");
+            }
+        }
+        machine.finish(now, &mut out);
+        (machine, out)
+    }
+
+    /// Applies one input at time `now`, fires the timers due at `now`, and returns the actions
+    /// to execute, in order.
+    ///
+    /// Order within one batch: a [`Change::StepDown`] comes first (stop sequencing before
+    /// anything else), then at most one [`Action::Persist`], then messages and other changes.
+    pub fn handle(&mut self, now: Time, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Tick => {}
+            Input::Received { from, message } => self.on_message(now, from, message, &mut out),
+            Input::Observed(term) => {
+                if term.leader != self.me && self.members.contains(&term.leader) {
+                    self.on_leader_seen(now, term, &mut out);
+                }
+            }
+            Input::Persisted(record) => self.on_persisted(now, &record, &mut out),
+            Input::Position(position) => self.position = position,
+            Input::Membership(members) => self.on_membership(now, members, &mut out),
+        }
+        self.on_timers(now, &mut out);
+        self.finish(now, &mut out);
+        out
+    }
+
+    /// When the machine next needs an [`Input::Tick`] (`None`: only inputs can change
+    /// anything).
+    pub fn next_wakeup(&self) -> Option<Time> {
+        let retry = self.unsaved_since.map(|since| since + self.config.heartbeat());
+        let role = match self.role {
+            Role::Follower { lease_until, .. } => self.is_member().then_some(lease_until),
+            Role::Candidate { stage: Stage::Persisting { deadline, .. }, .. } => Some(deadline),
+            Role::Candidate { stage: Stage::Claiming { window_end }, .. } => Some(window_end),
+            Role::Leader { next_heartbeat, .. } => Some(next_heartbeat),
+        };
+        match (role, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What this device knows about leadership now.
+    pub fn status(&self) -> Status {
+        let (role, leader) = match self.role {
+            Role::Follower { leader, .. } => (RoleKind::Follower, leader),
+            Role::Candidate { .. } => (RoleKind::Candidate, None),
+            Role::Leader { epoch, .. } => (RoleKind::Leader, Some(Term::new(epoch, self.me))),
+        };
+        Status {
+            me: self.me,
+            role,
+            leader,
+            max_epoch: self.max_epoch,
+            durable_epoch: self.durable_epoch,
+            position: self.position,
+            member: self.is_member(),
+        }
+    }
+
+    /// The fence for messages arriving now.
+    pub fn fence(&self) -> Fence {
+        self.status().fence()
+    }
+
+    /// The record as it should be persisted now.
+    pub fn record(&self) -> PersistedLeadership {
+        PersistedLeadership { max_epoch: self.max_epoch, last_leader: self.last_leader }
+    }
+
+    /// This device.
+    pub fn me(&self) -> DeviceId {
+        self.me
+    }
+
+    /// The timing parameters.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn is_member(&self) -> bool {
+        self.members.contains(&self.me)
+    }
+
+    fn rank(&self) -> Rank {
+        Rank { position: self.position, device: self.me }
+    }
+
+    fn broadcast(&self, message: Message, out: &mut Vec<Action>) {
+        for &to in self.members.iter().filter(|&&m| m != self.me) {
+            out.push(Action::Send { to, message });
+        }
+    }
+
+    fn heartbeat(&self, epoch: Epoch) -> Message {
+        Message::Heartbeat { term: Term::new(epoch, self.me), position: self.position }
+    }
+
+    /// Raises the highest epoch seen; the caller sets the new role.
+    fn raise_epoch(&mut self, epoch: Epoch) {
+        debug_assert!(epoch > self.max_epoch);
+        self.max_epoch = epoch;
+    }
+
+    /// Puts at most one `Persist` right after the step-downs, if the record changed or its
+    /// save is overdue.
+    fn finish(&mut self, now: Time, out: &mut Vec<Action>) {
+        let retry = std::mem::take(&mut self.retry_save);
+        let record = self.record();
+        if record != self.emitted || retry {
+            if retry || self.unsaved_since.is_none() {
+                self.unsaved_since = Some(now);
+            }
+            self.emitted = record.clone();
+            let at =
+                out.iter().take_while(|a| matches!(a, Action::Change(Change::StepDown(_)))).count();
+            out.insert(at, Action::Persist(record));
+        }
+    }
+
+    fn step_down(
+        &mut self,
+        new_leader: Option<Term>,
+        reason: StepDownReason,
+        out: &mut Vec<Action>,
+    ) {
+        if let Role::Leader { epoch, .. } = self.role {
+            let term = Term::new(epoch, self.me);
+            info!(device = %self.me, %term, ?reason, "stepping down");
+            out.push(Action::Change(Change::StepDown(StepDown { term, new_leader, reason })));
+        }
+    }
+
+    fn follow(&mut self, now: Time, term: Term, out: &mut Vec<Action>) {
+        debug_assert_eq!(term.epoch, self.max_epoch);
+        let known = matches!(self.role, Role::Follower { leader: Some(l), .. } if l == term);
+        self.role = Role::Follower {
+            leader: Some(term),
+            awaiting: None,
+            lease_until: now + self.config.lease(),
+        };
+        if !known {
+            info!(device = %self.me, %term, "following");
+            self.last_leader = Some(term);
+            out.push(Action::Change(Change::Follow { term }));
+        }
+    }
+
+    fn defer(&mut self, now: Time, to: DeviceId) {
+        debug!(device = %self.me, better = %to, epoch = %self.max_epoch, "deferring to a better claim");
+        self.role = Role::Follower {
+            leader: None,
+            awaiting: Some(to),
+            lease_until: now + self.config.lease(),
+        };
+    }
+
+    fn on_message(&mut self, now: Time, from: DeviceId, message: Message, out: &mut Vec<Action>) {
+        if from == self.me {
+            return;
+        }
+        if message.sender() != from {
+            warn!(device = %self.me, %from, claimed = %message.sender(), "dropping a message whose sender is not the peer");
+            return;
+        }
+        if !self.members.contains(&from) {
+            debug!(device = %self.me, %from, "ignoring a message from a non-member");
+            return;
+        }
+        match message {
+            Message::Heartbeat { term, .. } => {
+                trace!(device = %self.me, %term, "heartbeat");
+                self.on_leader_seen(now, term, out);
+            }
+            Message::Claim { epoch, device, position } => {
+                self.on_claim(now, epoch, Rank { position, device }, out)
+            }
+        }
+    }
+
+    /// A heartbeat, or any other proof that `term` is led.
+    fn on_leader_seen(&mut self, now: Time, term: Term, out: &mut Vec<Action>) {
+        if term.epoch < self.max_epoch {
+            // Stale: tell a lagging leader (or candidate) about our term, if we lead.
+            if let Role::Leader { epoch, .. } = self.role {
+                out.push(Action::Send { to: term.leader, message: self.heartbeat(epoch) });
+            }
+            return;
+        }
+        if term.epoch > self.max_epoch {
+            self.step_down(Some(term), StepDownReason::HigherTerm(term), out);
+            self.raise_epoch(term.epoch);
+            self.follow(now, term, out);
+            return;
+        }
+        match self.role {
+            Role::Leader { epoch, .. } => {
+                if term.leader > self.me {
+                    self.step_down(Some(term), StepDownReason::HigherTerm(term), out);
+                    self.follow(now, term, out);
+                } else {
+                    // Same epoch, lower id: our heartbeat makes it step down.
+                    out.push(Action::Send { to: term.leader, message: self.heartbeat(epoch) });
+                }
+            }
+            // The epoch is taken: follow whoever leads it.
+            Role::Candidate { .. } | Role::Follower { leader: None, .. } => {
+                self.follow(now, term, out);
+            }
+            Role::Follower { leader: Some(current), .. } => {
+                if term.leader >= current.leader {
+                    self.follow(now, term, out);
+                }
+            }
+        }
+    }
+
+    fn on_claim(&mut self, now: Time, epoch: Epoch, theirs: Rank, out: &mut Vec<Action>) {
+        if epoch <= self.max_epoch {
+            match self.role {
+                // The epoch is taken (or over): our heartbeat tells the claimant.
+                Role::Leader { epoch: ours, .. } => {
+                    out.push(Action::Send { to: theirs.device, message: self.heartbeat(ours) })
+                }
+                Role::Candidate { epoch: ours, .. } if ours == epoch && theirs > self.rank() => {
+                    self.defer(now, theirs.device);
+                }
+                _ => {}
+            }
+            return;
+        }
+        // A new election: take part in it.
+        debug!(device = %self.me, %epoch, claimant = %theirs.device, "election started by a peer");
+        self.step_down(None, StepDownReason::Election(epoch), out);
+        self.raise_epoch(epoch);
+        if self.is_member() && self.rank() > theirs {
+            self.stand(now, epoch, false);
+        } else {
+            self.defer(now, theirs.device);
+        }
+    }
+
+    /// Becomes a candidate for `epoch` (== `max_epoch`); the claim goes out once it is saved.
+    fn stand(&mut self, now: Time, epoch: Epoch, founding: bool) {
+        debug!(device = %self.me, %epoch, "standing for election");
+        self.role = Role::Candidate {
+            epoch,
+            stage: Stage::Persisting { deadline: now + self.config.heartbeat(), founding },
+        };
+    }
+
+    fn retry_save_due(&self, now: Time) -> bool {
+        self.unsaved_since.is_some_and(|since| now >= since + self.config.heartbeat())
+    }
+
+    fn on_persisted(&mut self, now: Time, record: &PersistedLeadership, out: &mut Vec<Action>) {
+        self.durable_epoch = self.durable_epoch.max(record.max_epoch);
+        if *record == self.record() {
+            self.unsaved_since = None;
+        }
+        if let Role::Candidate { epoch, stage: Stage::Persisting { founding, .. } } = self.role
+            && self.durable_epoch >= epoch
+        {
+            if founding {
+                self.become_leader(now, epoch, out);
+            } else {
+                self.role = Role::Candidate {
+                    epoch,
+                    stage: Stage::Claiming { window_end: now + self.config.claim_window() },
+                };
+                debug!(device = %self.me, %epoch, "claiming");
+                self.broadcast(
+                    Message::Claim { epoch, device: self.me, position: self.position },
+                    out,
+                );
+            }
+        }
+    }
+
+    fn become_leader(&mut self, now: Time, epoch: Epoch, out: &mut Vec<Action>) {
+        if self.durable_epoch < epoch {
+            // Unreachable by construction; never lead an epoch that is not saved.
+            warn!(device = %self.me, %epoch, "refusing to lead an unsaved epoch");
+            self.role = Role::Follower {
+                leader: None,
+                awaiting: None,
+                lease_until: now + self.config.lease(),
+            };
+            return;
+        }
+        let term = Term::new(epoch, self.me);
+        info!(device = %self.me, %term, "became leader");
+        self.role = Role::Leader { epoch, next_heartbeat: now + self.config.heartbeat() };
+        self.last_leader = Some(term);
+        out.push(Action::Change(Change::BecomeLeader { term }));
+        self.broadcast(self.heartbeat(epoch), out);
+    }
+
+    fn on_timers(&mut self, now: Time, out: &mut Vec<Action>) {
+        if self.retry_save_due(now) {
+            warn!(device = %self.me, "leadership record not saved after a heartbeat interval: saving again");
+            self.retry_save = true;
+        }
+        match self.role {
+            Role::Follower { leader, lease_until, .. }
+                if now >= lease_until && self.is_member() =>
+            {
+                let epoch = self.max_epoch.next();
+                info!(device = %self.me, ?leader, %epoch, "lease lapsed: starting an election");
+                self.raise_epoch(epoch);
+                self.stand(now, epoch, false);
+            }
+            Role::Follower { .. } => {}
+            Role::Candidate { epoch, stage: Stage::Persisting { deadline, .. } }
+                if now >= deadline =>
+            {
+                warn!(device = %self.me, %epoch, "epoch not saved in time: giving the candidacy up");
+                self.role = Role::Follower {
+                    leader: None,
+                    awaiting: None,
+                    lease_until: now + self.config.lease(),
+                };
+            }
+            Role::Candidate { epoch, stage: Stage::Claiming { window_end } }
+                if now >= window_end =>
+            {
+                self.become_leader(now, epoch, out)
+            }
+            Role::Candidate { .. } => {}
+            Role::Leader { epoch, next_heartbeat } if now >= next_heartbeat => {
+                let mut next = next_heartbeat + self.config.heartbeat();
+                if next <= now {
+                    next = now + self.config.heartbeat();
+                }
+                self.role = Role::Leader { epoch, next_heartbeat: next };
+                self.broadcast(self.heartbeat(epoch), out);
+            }
+            Role::Leader { .. } => {}
+        }
+    }
+
+    fn on_membership(&mut self, now: Time, members: BTreeSet<DeviceId>, out: &mut Vec<Action>) {
+        let was_member = self.is_member();
+        self.members = members;
+        if !self.is_member() {
+            if was_member {
+                info!(device = %self.me, "no longer a member: leaving leadership");
+            }
+            self.step_down(None, StepDownReason::Removed, out);
+            if !matches!(self.role, Role::Follower { .. }) {
+                self.role = Role::Follower {
+                    leader: None,
+                    awaiting: None,
+                    lease_until: now + self.config.lease(),
+                };
+            }
+            return;
+        }
+        match self.role {
+            Role::Follower { leader, awaiting, lease_until } => {
+                let lost = leader
+                    .map(|t| t.leader)
+                    .or(awaiting)
+                    .is_some_and(|l| !self.members.contains(&l));
+                let lease_until = if lost {
+                    info!(device = %self.me, "the leader was removed from the library: treating it as lost");
+                    now
+                } else if !was_member {
+                    // Newly a member: give a leader one lease to show up.
+                    now + self.config.lease()
+                } else {
+                    lease_until
+                };
+                self.role = Role::Follower {
+                    leader: if lost { None } else { leader },
+                    awaiting: if lost { None } else { awaiting },
+                    lease_until,
+                };
+            }
+            Role::Candidate { .. } | Role::Leader { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

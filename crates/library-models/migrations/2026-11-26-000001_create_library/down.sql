@@ -1,0 +1,11 @@
+DROP TABLE pending_entries;
+DROP TABLE outbox;
+DROP TABLE local_state;
+DROP TABLE library_meta;
+DROP TABLE entry;
+DROP TABLE user_metadata_tag;
+DROP TABLE user_metadata;
+DROP TABLE collection;
+DROP TABLE tag;
+DROP TABLE location;
+DROP TABLE device;

@@ -1,0 +1,80 @@
+//! The crate's one error type.
+
+use sync_log::{DeviceId, Seq};
+use uuid::Uuid;
+
+/// Everything that can go wrong on the write path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Opening or reading the library database failed.
+    #[error(transparent)]
+    Models(#[from] library_models::Error),
+    /// The registry or a model's apply/encode failed.
+    #[error(transparent)]
+    Syncable(#[from] syncable::Error),
+    /// The sync log failed.
+    #[error(transparent)]
+    Log(#[from] sync_log::Error),
+    /// The library database refused a statement.
+    #[error("library database error: {0}")]
+    Database(#[from] diesel::result::Error),
+    /// Update or delete of a record that does not exist here.
+    #[error("{model} {record} not found")]
+    NotFound {
+        /// Model name.
+        model: &'static str,
+        /// Record id.
+        record: Uuid,
+    },
+    /// Update of a deleted (tombstoned) record.
+    #[error("{model} {record} is deleted")]
+    Deleted {
+        /// Model name.
+        model: &'static str,
+        /// Record id.
+        record: Uuid,
+    },
+    /// Log entries handed to apply do not continue the applied position.
+    #[error("entries must continue after applied seq: expected {expected}, got {got}")]
+    Gap {
+        /// The next seq to apply.
+        expected: Seq,
+        /// The seq offered.
+        got: Seq,
+    },
+    /// The library database belongs to another device.
+    #[error("library database belongs to device {found}, not {expected}")]
+    WrongDevice {
+        /// The device opening it.
+        expected: DeviceId,
+        /// The device recorded in it.
+        found: DeviceId,
+    },
+    /// A stored value is out of range (e.g. a counter above 2^63).
+    #[error("invalid state: {0}")]
+    Invalid(String),
+    /// A blocking task panicked or was cancelled, or the lock was poisoned.
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+impl Error {
+    /// Whether the same call may succeed later (a locked database); everything else is fatal
+    /// for that call.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Log(e) => e.is_retryable(),
+            Self::Models(e) => e.is_retryable(),
+            Self::Database(diesel::result::Error::DatabaseError(_, info))
+            | Self::Syncable(syncable::Error::Database(diesel::result::Error::DatabaseError(
+                _,
+                info,
+            ))) => {
+                let m = info.message().to_ascii_lowercase();
+                m.contains("locked") || m.contains("busy")
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,644 @@
+//! [`Library`]: the blocking core of the write path on one library database.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use diesel::prelude::*;
+use library_models::schema::{local_state, outbox, pending_entries};
+use library_models::{Id, LibraryModel, LocalState, OutboxRow, PendingRow};
+use serde::{Deserialize, Serialize};
+use sync_log::{
+    Change, ChangeType, Checksum, DeviceId, Epoch, Hlc, LogEntry, OriginKey, Seq, SyncLogStore,
+};
+use syncable::{Applied, Registry};
+use tokio::sync::broadcast;
+
+use crate::op::StampCtx;
+use crate::{Clock, DEFAULT_MAX_DRIFT_MS, Error, HybridClock, Op, SystemClock};
+
+/// Entries read from the sync log and applied per library transaction.
+pub const APPLY_BATCH: usize = 1_000;
+/// Rows per transaction in [`Library::bulk_write`].
+pub const BULK_TXN_ROWS: usize = 10_000;
+const EVENT_CAPACITY: usize = 1_024;
+
+/// How a [`Library`] is opened.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Physical clock for the HLC.
+    pub clock: Arc<dyn Clock>,
+    /// Maximum drift of a peer stamp before it is clamped (see [`HybridClock`]).
+    pub max_drift_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { clock: Arc::new(SystemClock), max_drift_ms: DEFAULT_MAX_DRIFT_MS }
+    }
+}
+
+/// Something that happened, sent after the transaction committed.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// Local changes committed (model rows and outbox rows are durable).
+    Committed(Arc<[Change]>),
+    /// Log entries applied up to and including `through`.
+    Applied {
+        /// The new applied seq.
+        through: Seq,
+    },
+    /// The leader sequenced outbox rows up to the given log head.
+    Sequenced {
+        /// The log head after sequencing.
+        head: Seq,
+    },
+}
+
+/// Describes a bulk operation whose rows travel outside the log (see [`Library::log_bulk`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkDescription {
+    /// Model of the rows.
+    pub model: String,
+    /// What was done, e.g. `"index location <uuid>"`.
+    pub description: String,
+    /// Number of rows.
+    pub count: u64,
+    /// blake3 over the rows' payloads in write order.
+    pub content_hash: [u8; 32],
+}
+
+/// What one [`Library::apply_entries`] call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Entries written (they won their record).
+    pub written: u64,
+    /// Entries that lost to the stored stamp, or were already applied.
+    pub unchanged: u64,
+    /// Entries kept in `pending_entries` (unknown model or unreadable payload).
+    pub kept: u64,
+    /// Bulk descriptions (nothing to write).
+    pub bulk: u64,
+    /// Entries at or below the applied seq (skipped).
+    pub skipped: u64,
+}
+
+impl ApplyReport {
+    fn add(&mut self, other: Self) {
+        self.written += other.written;
+        self.unchanged += other.unchanged;
+        self.kept += other.kept;
+        self.bulk += other.bulk;
+        self.skipped += other.skipped;
+    }
+}
+
+fn to_db(v: u64) -> i64 {
+    // Bit reinterpretation, exact round trip.
+    v as i64
+}
+fn from_db(v: i64) -> u64 {
+    v as u64
+}
+
+/// The write path on one library database — blocking; wrap it in
+/// [`crate::TransactionManager`] for async code, or call it from a blocking thread.
+///
+/// - [`Library::commit`]: model writes + outbox rows + counters, ONE transaction.
+/// - [`Library::sequence`] (leader): outbox → sync log (idempotent), then apply.
+/// - [`Library::apply_entries`] / [`Library::catch_up`] / [`Library::receive`]: LWW apply with
+///   the applied seq in the same transaction.
+pub struct Library {
+    conn: SqliteConnection,
+    device: DeviceId,
+    registry: Registry,
+    hlc: HybridClock,
+    origin_seq: u64,
+    applied_seq: Seq,
+    events: broadcast::Sender<Event>,
+}
+
+impl std::fmt::Debug for Library {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Library")
+            .field("device", &self.device)
+            .field("origin_seq", &self.origin_seq)
+            .field("applied_seq", &self.applied_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Library {
+    /// Opens (creating and migrating if needed) the library database at `path` for `device`,
+    /// then re-applies kept entries whose model `registry` now knows.
+    ///
+    /// ```
+    /// use library_models as _;
+    /// use txn_manager::{Config, Library, Op};
+    /// let registry = syncable::Registry::from_inventory()?;
+    /// let device = sync_log::DeviceId::new_v7();
+    /// let mut lib = Library::open(":memory:".as_ref(), device, registry, Config::default())?;
+    /// let changes = lib.commit(vec![Op::put(library_models::Tag::new("a".into(), None))])?;
+    /// assert_eq!(changes[0].origin.seq, 1);
+    /// assert_eq!(lib.outbox(10)?.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open(
+        path: &Path,
+        device: DeviceId,
+        registry: Registry,
+        config: Config,
+    ) -> Result<Self, Error> {
+        let mut conn = library_models::open_library(path)?;
+        let state: Option<LocalState> = local_state::table
+            .find(1)
+            .select(LocalState::as_select())
+            .first(&mut conn)
+            .optional()?;
+        let state = match state {
+            Some(s) if s.device_id.0 != device.0 => {
+                return Err(Error::WrongDevice {
+                    expected: device,
+                    found: DeviceId(s.device_id.0),
+                });
+            }
+            Some(s) => s,
+            None => {
+                let s = LocalState {
+                    id: 1,
+                    device_id: Id(device.0),
+                    applied_seq: 0,
+                    origin_seq: 0,
+                    hlc: 0,
+                };
+                diesel::insert_into(local_state::table).values(&s).execute(&mut conn)?;
+                s
+            }
+        };
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let mut lib = Self {
+            conn,
+            device,
+            registry,
+            hlc: HybridClock::new(config.clock, Hlc(from_db(state.hlc)), config.max_drift_ms),
+            origin_seq: from_db(state.origin_seq),
+            applied_seq: Seq(from_db(state.applied_seq)),
+            events,
+        };
+        let retried = lib.retry_pending()?;
+        if retried.kept > 0 {
+            tracing::info!(kept = retried.kept, "log entries still kept for a newer build");
+        }
+        Ok(lib)
+    }
+
+    /// This device.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// The last global seq applied to this database.
+    pub fn applied_seq(&self) -> Seq {
+        self.applied_seq
+    }
+
+    /// The last origin seq handed out.
+    pub fn origin_seq(&self) -> u64 {
+        self.origin_seq
+    }
+
+    /// The clock's last reading.
+    pub fn hlc(&self) -> Hlc {
+        self.hlc.last()
+    }
+
+    /// The registry used to apply entries.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Subscribes to events (sent after each commit).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn events_sender(&self) -> broadcast::Sender<Event> {
+        self.events.clone()
+    }
+
+    /// The connection, for reads (and for tests). Writing to syncable tables through it
+    /// bypasses the outbox: don't.
+    pub fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+
+    /// The content hash of this library's syncable tables.
+    pub fn content_hash(&mut self) -> Result<library_models::ContentHash, Error> {
+        Ok(self.registry.content_hash(&mut self.conn)?)
+    }
+
+    fn ctx(&self) -> StampCtx {
+        StampCtx { device: self.device, origin_seq: self.origin_seq, hlc: self.hlc.clone() }
+    }
+
+    fn finish(&mut self, ctx: StampCtx) {
+        self.origin_seq = ctx.origin_seq;
+        self.hlc = ctx.hlc;
+    }
+
+    fn emit(&self, event: Event) {
+        // No subscriber is fine.
+        let _ = self.events.send(event);
+    }
+
+    fn emit_committed(&self, changes: &[Change]) {
+        // Copying the changes is only worth it when someone listens.
+        if self.events.receiver_count() > 0 {
+            self.emit(Event::Committed(changes.into()));
+        }
+    }
+
+    /// Commits `ops` in ONE transaction: each model write, its outbox row, and the new origin
+    /// counter and clock. Versions and stamps are set here. Returns the changes (in order);
+    /// an [`Event::Committed`] follows the commit. On error nothing is written.
+    pub fn commit(&mut self, ops: Vec<Op>) -> Result<Vec<Change>, Error> {
+        let mut ctx = self.ctx();
+        let changes = self.conn.immediate_transaction(|conn| {
+            let mut changes = Vec::with_capacity(ops.len());
+            for op in ops {
+                if let Some(change) = op.0.run(conn, &mut ctx)? {
+                    changes.push(change);
+                }
+            }
+            insert_outbox(conn, &changes)?;
+            save_counters(conn, &ctx)?;
+            Ok::<_, Error>(changes)
+        })?;
+        self.finish(ctx);
+        self.emit_committed(&changes);
+        Ok(changes)
+    }
+
+    /// Commits new records of one model in ONE transaction with multi-row inserts: version 1,
+    /// stamped here, each with its outbox row. Fails (writing nothing) if any id exists.
+    pub fn insert_batch<T: LibraryModel + 'static>(
+        &mut self,
+        mut records: Vec<T>,
+    ) -> Result<Vec<Change>, Error> {
+        let mut ctx = self.ctx();
+        let changes = self.conn.immediate_transaction(|conn| {
+            let mut changes = Vec::with_capacity(records.len());
+            for record in &mut records {
+                let stamp = ctx.stamp(1);
+                record.set_meta(stamp, false);
+                let payload = record.encode()?;
+                changes.push(ctx.change(
+                    T::MODEL,
+                    record.uuid(),
+                    ChangeType::Insert,
+                    stamp,
+                    payload,
+                ));
+            }
+            T::insert_all(conn, &records)?;
+            insert_outbox(conn, &changes)?;
+            save_counters(conn, &ctx)?;
+            Ok::<_, Error>(changes)
+        })?;
+        self.finish(ctx);
+        self.emit_committed(&changes);
+        Ok(changes)
+    }
+
+    /// Records ONE bulk entry describing a bulk operation (its outbox row, one transaction).
+    /// The rows themselves are not in the log: see [`Library::bulk_write`].
+    pub fn log_bulk(&mut self, description: &BulkDescription) -> Result<Change, Error> {
+        let mut ctx = self.ctx();
+        let payload = sync_log::codec::encode(description)?;
+        let change = self.conn.immediate_transaction(|conn| {
+            let stamp = ctx.stamp(1);
+            let change =
+                ctx.change(&description.model, Id::new_v7(), ChangeType::Bulk, stamp, payload);
+            insert_outbox(conn, std::slice::from_ref(&change))?;
+            save_counters(conn, &ctx)?;
+            Ok::<_, Error>(change)
+        })?;
+        self.finish(ctx);
+        self.emit_committed(std::slice::from_ref(&change));
+        Ok(change)
+    }
+
+    /// Writes many new records in large transactions ([`BULK_TXN_ROWS`] each) WITHOUT an
+    /// outbox row per record, then logs one bulk entry with their count and content hash.
+    /// The rows reach other devices by a streamed transfer, not through the log. If the
+    /// process dies midway, the rows written so far stay and no bulk entry exists: the caller
+    /// (an indexer) redoes the operation.
+    pub fn bulk_write<T: LibraryModel + 'static>(
+        &mut self,
+        mut records: Vec<T>,
+        description: &str,
+    ) -> Result<Change, Error> {
+        let mut hasher = blake3::Hasher::new();
+        for chunk in records.chunks_mut(BULK_TXN_ROWS) {
+            let mut ctx = self.ctx();
+            self.conn.immediate_transaction(|conn| {
+                for record in chunk.iter_mut() {
+                    let stamp = ctx.stamp(1);
+                    record.set_meta(stamp, false);
+                    let payload = record.encode()?;
+                    hasher.update(&(payload.len() as u64).to_le_bytes());
+                    hasher.update(&payload);
+                }
+                T::insert_all(conn, chunk)?;
+                save_counters(conn, &ctx)?;
+                Ok::<_, Error>(())
+            })?;
+            self.finish(ctx);
+        }
+        self.log_bulk(&BulkDescription {
+            model: T::MODEL.to_owned(),
+            description: description.to_owned(),
+            count: records.len() as u64,
+            content_hash: *hasher.finalize().as_bytes(),
+        })
+    }
+
+    /// Up to `limit` outbox rows (oldest first) as changes: what a follower forwards.
+    pub fn outbox(&mut self, limit: usize) -> Result<Vec<Change>, Error> {
+        let rows: Vec<OutboxRow> = outbox::table
+            .order(outbox::origin_seq.asc())
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .select(OutboxRow::as_select())
+            .load(&mut self.conn)?;
+        rows.into_iter().map(change_from_outbox).collect()
+    }
+
+    /// Leader: moves every outbox row into the sync log (`append` is idempotent by origin
+    /// key), then applies the log up to its head — which removes the outbox rows, because an
+    /// outbox row is deleted exactly when its change is applied from the log. Run at start-up
+    /// it is the recovery: rows already in the log are not sequenced again, only cleaned up;
+    /// rows not yet in the log are sequenced. Returns the log head.
+    pub fn sequence(&mut self, log: &mut SyncLogStore, epoch: Epoch) -> Result<Seq, Error> {
+        let mut after = 0i64;
+        loop {
+            let rows: Vec<OutboxRow> = outbox::table
+                .filter(outbox::origin_seq.gt(after))
+                .order(outbox::origin_seq.asc())
+                .limit(APPLY_BATCH as i64)
+                .select(OutboxRow::as_select())
+                .load(&mut self.conn)?;
+            let Some(last) = rows.last() else { break };
+            after = last.origin_seq;
+            let changes: Vec<Change> =
+                rows.into_iter().map(change_from_outbox).collect::<Result<_, _>>()?;
+            let appended = log.append(epoch, &changes)?;
+            let fresh = appended.iter().filter(|a| a.new).count();
+            if fresh < appended.len() {
+                tracing::debug!(
+                    already = appended.len() - fresh,
+                    "outbox rows already in the log (recovered), not sequenced again"
+                );
+            }
+        }
+        self.catch_up(log)?;
+        let head = log.head().seq;
+        self.emit(Event::Sequenced { head });
+        Ok(head)
+    }
+
+    /// Applies every entry of `log` after the applied seq, in batches of [`APPLY_BATCH`]
+    /// (each batch one transaction with its applied seq). At start-up this is the recovery
+    /// of a follower or leader that crashed between its sync log and its library database.
+    pub fn catch_up(&mut self, log: &mut SyncLogStore) -> Result<ApplyReport, Error> {
+        let mut total = ApplyReport::default();
+        loop {
+            let entries = log.read_after(self.applied_seq, APPLY_BATCH)?;
+            if entries.is_empty() {
+                return Ok(total);
+            }
+            total.add(self.apply_entries(&entries)?);
+        }
+    }
+
+    /// Follower: stores `entries` from the leader in the sync log copy FIRST (so they are
+    /// never lost), then applies them with the applied seq. A crash between the two is
+    /// repaired by [`Library::catch_up`] at the next start.
+    pub fn receive(
+        &mut self,
+        log: &mut SyncLogStore,
+        entries: &[LogEntry],
+    ) -> Result<ApplyReport, Error> {
+        log.append_sequenced(entries)?;
+        self.catch_up(log)
+    }
+
+    /// Applies consecutive log entries in ONE transaction together with the new applied seq
+    /// and clock. Entries at or below the applied seq are skipped (applying twice is a no-op);
+    /// the first new entry must be `applied seq + 1` ([`Error::Gap`]).
+    ///
+    /// Per entry: the HLC observes its stamp; a bulk entry writes nothing; an entry for a model
+    /// this build does not know, or whose payload it cannot read, is **kept** in
+    /// `pending_entries` (not applied, not lost, and the applied seq moves past it so later
+    /// entries are never blocked) and re-applied by [`Library::retry_pending`] when a build
+    /// that knows it opens the library; anything else goes through the registry's LWW apply.
+    /// An entry whose origin is this device removes its outbox row.
+    pub fn apply_entries(&mut self, entries: &[LogEntry]) -> Result<ApplyReport, Error> {
+        let mut report = ApplyReport::default();
+        let mut next = self.applied_seq.next();
+        let mut fresh = Vec::with_capacity(entries.len());
+        for e in entries {
+            if e.seq < next {
+                report.skipped += 1;
+                continue;
+            }
+            if e.seq != next {
+                return Err(Error::Gap { expected: next, got: e.seq });
+            }
+            fresh.push(e);
+            next = next.next();
+        }
+        let Some(last) = fresh.last().map(|e| e.seq) else { return Ok(report) };
+        let mut hlc = self.hlc.clone();
+        let registry = &self.registry;
+        let device = self.device;
+        self.conn.immediate_transaction(|conn| {
+            let mut known: Vec<&LogEntry> = Vec::with_capacity(fresh.len());
+            for e in &fresh {
+                hlc.observe(e.change.hlc);
+                if e.change.origin.device == device {
+                    diesel::delete(outbox::table.find(to_db(e.change.origin.seq))).execute(conn)?;
+                }
+                if e.change.change == ChangeType::Bulk {
+                    report.bulk += 1;
+                } else if registry.knows(&e.change.model) {
+                    known.push(e);
+                } else {
+                    keep(conn, e, "unknown model")?;
+                    report.kept += 1;
+                }
+            }
+            // Known entries keep their order; runs of one model go through one batch apply.
+            let changes: Vec<&Change> = known.iter().map(|e| &e.change).collect();
+            let applied = registry.apply_batch(conn, &changes)?;
+            report.written += applied.written;
+            report.unchanged += applied.unchanged;
+            for (i, err) in &applied.rejected {
+                let e = known[*i];
+                tracing::warn!(seq = e.seq.0, error = %err, "log entry kept, not applied");
+                keep(conn, e, &err.to_string())?;
+                report.kept += 1;
+            }
+            diesel::update(local_state::table.find(1))
+                .set((
+                    local_state::applied_seq.eq(to_db(last.0)),
+                    local_state::hlc.eq(to_db(hlc.last().0)),
+                ))
+                .execute(conn)?;
+            Ok::<_, Error>(())
+        })?;
+        self.hlc = hlc;
+        self.applied_seq = last;
+        self.emit(Event::Applied { through: last });
+        Ok(report)
+    }
+
+    /// Re-applies kept entries whose model the registry now knows (called by
+    /// [`Library::open`]); entries still unknown stay kept. One transaction.
+    pub fn retry_pending(&mut self) -> Result<ApplyReport, Error> {
+        let rows: Vec<PendingRow> = pending_entries::table
+            .order(pending_entries::seq.asc())
+            .select(PendingRow::as_select())
+            .load(&mut self.conn)?;
+        let mut report = ApplyReport::default();
+        if rows.is_empty() {
+            return Ok(report);
+        }
+        let registry = &self.registry;
+        let device = self.device;
+        self.conn.immediate_transaction(|conn| {
+            for row in &rows {
+                if !registry.knows(&row.model) {
+                    report.kept += 1;
+                    continue;
+                }
+                let entry = entry_from_pending(row)?;
+                diesel::delete(pending_entries::table.find(row.seq)).execute(conn)?;
+                apply_one(conn, registry, device, &entry, &mut report)?;
+            }
+            Ok::<_, Error>(())
+        })?;
+        tracing::debug!(?report, "kept entries retried");
+        Ok(report)
+    }
+
+    /// How many log entries are kept (not applied) in this database.
+    pub fn pending_count(&mut self) -> Result<u64, Error> {
+        let n: i64 = pending_entries::table.count().get_result(&mut self.conn)?;
+        Ok(from_db(n))
+    }
+}
+
+/// Applies one kept entry inside the caller's transaction (the same rules as [`Library::apply_entries`]).
+fn apply_one(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    device: DeviceId,
+    e: &LogEntry,
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    if e.change.origin.device == device {
+        diesel::delete(outbox::table.find(to_db(e.change.origin.seq))).execute(conn)?;
+    }
+    if e.change.change == ChangeType::Bulk {
+        report.bulk += 1;
+        return Ok(());
+    }
+    if !registry.knows(&e.change.model) {
+        keep(conn, e, "unknown model")?;
+        report.kept += 1;
+        return Ok(());
+    }
+    match registry.apply(conn, &e.change) {
+        Ok(Applied::Won) => report.written += 1,
+        Ok(_) => report.unchanged += 1,
+        Err(err @ (syncable::Error::Payload { .. } | syncable::Error::InvalidChange { .. })) => {
+            tracing::warn!(seq = e.seq.0, error = %err, "log entry kept, not applied");
+            keep(conn, e, &err.to_string())?;
+            report.kept += 1;
+        }
+        Err(err) => return Err(err.into()),
+    }
+    Ok(())
+}
+
+fn keep(conn: &mut SqliteConnection, e: &LogEntry, reason: &str) -> Result<(), Error> {
+    let c = &e.change;
+    let row = PendingRow {
+        seq: to_db(e.seq.0),
+        epoch: to_db(e.epoch.0),
+        origin_device: Id(c.origin.device.0),
+        origin_seq: to_db(c.origin.seq),
+        hlc: to_db(c.hlc.0),
+        model: c.model.clone(),
+        record: Id(c.record),
+        change_type: c.change.code(),
+        version: to_db(c.version),
+        payload: c.payload.clone(),
+        checksum: e.checksum.0.to_vec(),
+        reason: reason.to_owned(),
+    };
+    diesel::insert_or_ignore_into(pending_entries::table).values(&row).execute(conn)?;
+    Ok(())
+}
+
+fn change_type(code: i16) -> Result<ChangeType, Error> {
+    ChangeType::from_code(code).ok_or_else(|| Error::Invalid(format!("change type code {code}")))
+}
+
+fn entry_from_pending(row: &PendingRow) -> Result<LogEntry, Error> {
+    let checksum = <[u8; 32]>::try_from(row.checksum.as_slice())
+        .map_err(|_| Error::Invalid(format!("kept entry {}: bad checksum", row.seq)))?;
+    Ok(LogEntry {
+        seq: Seq(from_db(row.seq)),
+        epoch: Epoch(from_db(row.epoch)),
+        change: Change {
+            origin: OriginKey {
+                device: DeviceId(row.origin_device.0),
+                seq: from_db(row.origin_seq),
+            },
+            hlc: Hlc(from_db(row.hlc)),
+            model: row.model.clone(),
+            record: row.record.0,
+            change: change_type(row.change_type)?,
+            version: from_db(row.version),
+            payload: row.payload.clone(),
+        },
+        checksum: Checksum(checksum),
+    })
+}
+
+fn change_from_outbox(row: OutboxRow) -> Result<Change, Error> {
+    Ok(row.decode()?)
+}
+
+/// Rows per multi-row outbox `INSERT` (2 bound columns each).
+const OUTBOX_CHUNK: usize = 1_000;
+
+/// Multi-row insert of outbox rows, one encoded change each.
+fn insert_outbox(conn: &mut SqliteConnection, changes: &[Change]) -> Result<(), Error> {
+    for chunk in changes.chunks(OUTBOX_CHUNK) {
+        let rows = chunk.iter().map(OutboxRow::new).collect::<Result<Vec<_>, _>>()?;
+        diesel::insert_into(outbox::table).values(&rows).execute(conn)?;
+    }
+    Ok(())
+}
+
+fn save_counters(conn: &mut SqliteConnection, ctx: &StampCtx) -> Result<(), Error> {
+    diesel::update(local_state::table.find(1))
+        .set((
+            local_state::origin_seq.eq(to_db(ctx.origin_seq)),
+            local_state::hlc.eq(to_db(ctx.hlc.last().0)),
+        ))
+        .execute(conn)?;
+    Ok(())
+}

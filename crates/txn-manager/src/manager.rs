@@ -1,0 +1,111 @@
+//! [`TransactionManager`]: the async handle around a [`Library`].
+
+use std::sync::{Arc, Mutex};
+
+use library_models::LibraryModel;
+use sync_log::{Change, Epoch, LogEntry, Seq, SyncLog};
+use tokio::sync::broadcast;
+
+use crate::{ApplyReport, BulkDescription, Error, Event, Library, Op};
+
+/// The async write path of one library: cheap to clone, safe to share between tasks.
+///
+/// Every call runs the blocking [`Library`] on tokio's blocking pool (`spawn_blocking`) behind
+/// a mutex, so the runtime is never blocked on SQLite and writes are serialised (SQLite has one
+/// writer anyway). Writing never needs the leader: [`TransactionManager::commit`] touches only
+/// the local library database.
+///
+/// ```
+/// use library_models as _;
+/// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+/// use txn_manager::{Config, Library, Op, TransactionManager};
+/// let registry = syncable::Registry::from_inventory()?;
+/// let lib = Library::open(":memory:".as_ref(), sync_log::DeviceId::new_v7(), registry, Config::default())?;
+/// let tm = TransactionManager::new(lib);
+/// let mut events = tm.subscribe();
+/// tm.commit(vec![Op::put(library_models::Tag::new("a".into(), None))]).await?;
+/// assert!(matches!(events.recv().await?, txn_manager::Event::Committed(_)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct TransactionManager {
+    inner: Arc<Mutex<Library>>,
+    events: broadcast::Sender<Event>,
+}
+
+impl TransactionManager {
+    /// Wraps an opened library.
+    pub fn new(library: Library) -> Self {
+        let events = library.events_sender();
+        Self { inner: Arc::new(Mutex::new(library)), events }
+    }
+
+    /// Subscribes to events (sent after each commit).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Runs `f` on the library from the blocking pool.
+    pub async fn with<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Library) -> Result<T, Error> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut lib = inner.lock().map_err(|_| Error::Task("library poisoned".into()))?;
+            f(&mut lib)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    /// See [`Library::commit`].
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Change>, Error> {
+        self.with(move |l| l.commit(ops)).await
+    }
+
+    /// See [`Library::insert_batch`].
+    pub async fn insert_batch<T: LibraryModel + 'static>(
+        &self,
+        records: Vec<T>,
+    ) -> Result<Vec<Change>, Error> {
+        self.with(move |l| l.insert_batch(records)).await
+    }
+
+    /// See [`Library::log_bulk`].
+    pub async fn log_bulk(&self, description: BulkDescription) -> Result<Change, Error> {
+        self.with(move |l| l.log_bulk(&description)).await
+    }
+
+    /// See [`Library::outbox`].
+    pub async fn outbox(&self, limit: usize) -> Result<Vec<Change>, Error> {
+        self.with(move |l| l.outbox(limit)).await
+    }
+
+    /// See [`Library::sequence`] (leader).
+    pub async fn sequence(&self, log: SyncLog, epoch: Epoch) -> Result<Seq, Error> {
+        self.with(move |l| log.with_blocking(|s| Ok(l.sequence(s, epoch)))?).await
+    }
+
+    /// See [`Library::receive`] (follower).
+    pub async fn receive(
+        &self,
+        log: SyncLog,
+        entries: Vec<LogEntry>,
+    ) -> Result<ApplyReport, Error> {
+        self.with(move |l| log.with_blocking(|s| Ok(l.receive(s, &entries)))?).await
+    }
+
+    /// See [`Library::catch_up`].
+    pub async fn catch_up(&self, log: SyncLog) -> Result<ApplyReport, Error> {
+        self.with(move |l| log.with_blocking(|s| Ok(l.catch_up(s)))?).await
+    }
+
+    /// The applied seq.
+    pub async fn applied_seq(&self) -> Result<Seq, Error> {
+        self.with(|l| Ok(l.applied_seq())).await
+    }
+}

@@ -1,0 +1,132 @@
+//! [`Op`]: one local write, typed at construction and erased so a batch can mix models.
+
+use std::marker::PhantomData;
+
+use diesel::SqliteConnection;
+use library_models::{Id, LibraryModel};
+use sync_log::{Change, ChangeType, DeviceId, OriginKey, Stamp};
+
+use crate::{Error, HybridClock};
+
+/// Hands out origin seqs and HLC readings inside one transaction; copied back into the
+/// [`crate::Library`] only when the transaction commits.
+#[derive(Clone, Debug)]
+pub(crate) struct StampCtx {
+    pub(crate) device: DeviceId,
+    pub(crate) origin_seq: u64,
+    pub(crate) hlc: HybridClock,
+}
+
+impl StampCtx {
+    pub(crate) fn stamp(&mut self, version: u64) -> Stamp {
+        Stamp { version, hlc: self.hlc.now(), device: self.device }
+    }
+
+    pub(crate) fn change(
+        &mut self,
+        model: &str,
+        record: Id,
+        kind: ChangeType,
+        stamp: Stamp,
+        payload: Vec<u8>,
+    ) -> Change {
+        self.origin_seq += 1;
+        Change {
+            origin: OriginKey { device: self.device, seq: self.origin_seq },
+            hlc: stamp.hlc,
+            model: model.to_owned(),
+            record: record.0,
+            change: kind,
+            version: stamp.version,
+            payload,
+        }
+    }
+}
+
+pub(crate) trait ErasedOp: Send {
+    fn run(
+        self: Box<Self>,
+        conn: &mut SqliteConnection,
+        ctx: &mut StampCtx,
+    ) -> Result<Option<Change>, Error>;
+}
+
+/// One local write. The write path stamps it (version bump, HLC, device) — callers never set
+/// the sync columns.
+///
+/// ```
+/// use library_models::{Id, Tag};
+/// use txn_manager::Op;
+/// let tag = Tag::new("holiday".into(), None);
+/// let id = tag.uuid;
+/// let _ops = vec![Op::put(tag), Op::delete::<Tag>(id)];
+/// ```
+pub struct Op(pub(crate) Box<dyn ErasedOp>);
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Op(..)")
+    }
+}
+
+impl Op {
+    /// Creates or updates `record` (insert when no row has its id, else a new version). Fails
+    /// with [`Error::Deleted`] on a tombstoned record, except for revivable models (links).
+    pub fn put<T: LibraryModel + 'static>(record: T) -> Self {
+        Self(Box::new(Put(record)))
+    }
+
+    /// Deletes the record `uuid` of model `T` (a tombstone with its own stamp). Deleting a
+    /// tombstone writes nothing; a missing record is [`Error::NotFound`].
+    pub fn delete<T: LibraryModel + 'static>(uuid: Id) -> Self {
+        Self(Box::new(Delete::<T>(uuid, PhantomData)))
+    }
+}
+
+struct Put<T>(T);
+
+impl<T: LibraryModel + 'static> ErasedOp for Put<T> {
+    fn run(
+        self: Box<Self>,
+        conn: &mut SqliteConnection,
+        ctx: &mut StampCtx,
+    ) -> Result<Option<Change>, Error> {
+        let mut record = self.0;
+        let uuid = record.uuid();
+        let stored = T::stored_version(conn, uuid)?;
+        let (version, kind) = match stored {
+            Some((_, true)) if !T::REVIVABLE => {
+                return Err(Error::Deleted { model: T::MODEL, record: uuid.0 });
+            }
+            Some((v, _)) => (v + 1, ChangeType::Update),
+            None => (1, ChangeType::Insert),
+        };
+        let stamp = ctx.stamp(version);
+        record.set_meta(stamp, false);
+        T::write(conn, &record)?;
+        let payload = record.encode()?;
+        Ok(Some(ctx.change(T::MODEL, uuid, kind, stamp, payload)))
+    }
+}
+
+struct Delete<T>(Id, PhantomData<fn() -> T>);
+
+impl<T: LibraryModel + 'static> ErasedOp for Delete<T> {
+    fn run(
+        self: Box<Self>,
+        conn: &mut SqliteConnection,
+        ctx: &mut StampCtx,
+    ) -> Result<Option<Change>, Error> {
+        let Some(mut record) = T::load(conn, self.0)? else {
+            return Err(Error::NotFound { model: T::MODEL, record: self.0.0 });
+        };
+        if record.is_tombstone() {
+            return Ok(None);
+        }
+        let stamp = ctx.stamp(record.stamp().version + 1);
+        record.set_meta(stamp, true);
+        T::write(conn, &record)?;
+        let payload = record.encode()?;
+        Ok(Some(ctx.change(T::MODEL, self.0, ChangeType::Delete, stamp, payload)))
+    }
+}

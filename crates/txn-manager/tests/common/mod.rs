@@ -1,0 +1,30 @@
+//! Shared helpers for the txn-manager integration tests.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use sync_log::{Change, Checksum, Epoch, LogEntry, Seq};
+use txn_manager::{Config, Library, ManualClock};
+
+/// A fresh in-memory library for `device` with a manual clock at `millis`.
+pub fn memory_library(device: sync_log::DeviceId, millis: u64) -> (Library, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(millis));
+    let registry = syncable::Registry::from_inventory().unwrap();
+    let config = Config { clock: clock.clone(), ..Config::default() };
+    (Library::open(":memory:".as_ref(), device, registry, config).unwrap(), clock)
+}
+
+/// Sequences `changes` as a leader would: seqs from 1, chained checksums, epoch 1.
+pub fn sequence(changes: &[Change]) -> Vec<LogEntry> {
+    let mut prev = Checksum::GENESIS;
+    changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let seq = Seq(i as u64 + 1);
+            let checksum = LogEntry::chain(&prev, seq, Epoch(1), c);
+            prev = checksum;
+            LogEntry { seq, epoch: Epoch(1), change: c.clone(), checksum }
+        })
+        .collect()
+}
