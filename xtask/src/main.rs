@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo => demo::run(),
-        Command::Bench { debug, which } if cfg!(debug_assertions) && !debug => rerun_in_release(),
+        Command::Bench { debug, .. } if cfg!(debug_assertions) && !debug => rerun_in_release(),
         Command::Bench { which, .. } => match which {
             Bench::LogAppend { rows } => bench_log::run(rows),
             Bench::Commit => bench_commit::run(),

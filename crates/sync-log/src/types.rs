@@ -222,7 +222,9 @@ pub struct Change {
     pub change: ChangeType,
     /// Record version after this change.
     pub version: u64,
-    /// The model's own encoding of the record (opaque to the log).
+    /// The model's own encoding of the record (opaque to the log). Serialized as one byte
+    /// string (length + bytes), not element by element.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
