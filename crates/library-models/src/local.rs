@@ -24,68 +24,96 @@ pub struct LocalState {
     pub hlc: i64,
 }
 
-/// A row of the outbox: a local change not yet seen in the global log. The whole
-/// [`sync_log::Change`] is one encoded blob ([`sync_log::codec`]): the outbox is a durable queue
-/// that is only ever written whole and read whole, and one bound column per row keeps the
-/// write path's overhead over a plain model write small.
+/// A row of the outbox: the changes of one committed transaction, not yet seen in the global
+/// log. They have consecutive origin seqs `first_origin_seq..=last_origin_seq` and are encoded
+/// together as one `Vec<Change>` ([`sync_log::codec`]).
+///
+/// One row per transaction, not per change: a batch of 1,000 changes costs one row insert
+/// instead of 1,000, which is most of the write path's overhead over a plain model write. The
+/// row is keyed by its last origin seq and removed when the change carrying that seq is applied
+/// from the global log; the changes of one row are always submitted and sequenced together and
+/// in origin order, so by then every earlier change of the row is applied too.
 #[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = outbox)]
 #[diesel(check_for_backend(diesel::sqlite::Sqlite))]
 pub struct OutboxRow {
-    /// Origin seq (this device's counter).
-    pub origin_seq: i64,
-    /// The encoded change.
-    pub change: Vec<u8>,
+    /// Origin seq of the row's last change (the key).
+    pub last_origin_seq: i64,
+    /// Origin seq of the row's first change.
+    pub first_origin_seq: i64,
+    /// The encoded changes.
+    pub changes: Vec<u8>,
 }
 
 impl OutboxRow {
-    /// The row of `change`.
-    pub fn new(change: &sync_log::Change) -> Result<Self, Error> {
-        Ok(Self { origin_seq: change.origin.seq as i64, change: sync_log::codec::encode(change)? })
+    /// The row holding `changes` (non-empty, consecutive origin seqs).
+    pub fn new(changes: &[sync_log::Change]) -> Result<Self, Error> {
+        let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
+            return Err(Error::InvalidArgument("an outbox row holds at least one change".into()));
+        };
+        Ok(Self {
+            last_origin_seq: last.origin.seq as i64,
+            first_origin_seq: first.origin.seq as i64,
+            changes: sync_log::codec::encode(changes)?,
+        })
     }
 
-    /// The change this row holds; its origin seq must match the row's key.
-    pub fn decode(&self) -> Result<sync_log::Change, Error> {
-        let change: sync_log::Change = sync_log::codec::decode(&self.change)?;
-        if change.origin.seq as i64 != self.origin_seq {
+    /// The changes this row holds; their origin seqs must be exactly the row's range.
+    pub fn decode(&self) -> Result<Vec<sync_log::Change>, Error> {
+        let changes: Vec<sync_log::Change> = sync_log::codec::decode(&self.changes)?;
+        let consecutive = changes
+            .iter()
+            .enumerate()
+            .all(|(i, c)| c.origin.seq as i64 == self.first_origin_seq + i as i64);
+        if !consecutive || changes.last().map(|c| c.origin.seq as i64) != Some(self.last_origin_seq)
+        {
             return Err(Error::InvalidArgument(format!(
-                "outbox row {} holds origin seq {}",
-                self.origin_seq, change.origin.seq
+                "outbox row {}..={} does not hold exactly those origin seqs",
+                self.first_origin_seq, self.last_origin_seq
             )));
         }
-        Ok(change)
+        Ok(changes)
     }
 }
 
-/// A log entry kept but not applied (unknown model, or a payload this build cannot read).
+/// A log entry kept but not applied (unknown model, or a payload this build cannot read): the
+/// whole [`sync_log::LogEntry`], encoded ([`sync_log::codec`]), with its model and the reason.
 #[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = pending_entries)]
 #[diesel(check_for_backend(diesel::sqlite::Sqlite))]
 pub struct PendingRow {
     /// Global seq.
     pub seq: i64,
-    /// Epoch that sequenced it.
-    pub epoch: i64,
-    /// Origin device.
-    pub origin_device: Id,
-    /// Origin seq.
-    pub origin_seq: i64,
-    /// HLC.
-    pub hlc: i64,
-    /// Model name.
+    /// Model name (to find the entries a build now knows without decoding them).
     pub model: String,
-    /// Record id.
-    pub record: Id,
-    /// [`sync_log::ChangeType::code`].
-    pub change_type: i16,
-    /// Record version.
-    pub version: i64,
-    /// Encoded record.
-    pub payload: Vec<u8>,
-    /// Running checksum of the log at this entry.
-    pub checksum: Vec<u8>,
     /// Why it was kept.
     pub reason: String,
+    /// The encoded entry.
+    pub entry: Vec<u8>,
+}
+
+impl PendingRow {
+    /// The row keeping `entry`.
+    pub fn new(entry: &sync_log::LogEntry, reason: &str) -> Result<Self, Error> {
+        Ok(Self {
+            seq: entry.seq.0 as i64,
+            model: entry.change.model.clone(),
+            reason: reason.to_owned(),
+            entry: sync_log::codec::encode(entry)?,
+        })
+    }
+
+    /// The kept entry; its seq must match the row's key.
+    pub fn decode(&self) -> Result<sync_log::LogEntry, Error> {
+        let entry: sync_log::LogEntry = sync_log::codec::decode(&self.entry)?;
+        if entry.seq.0 as i64 != self.seq {
+            return Err(Error::InvalidArgument(format!(
+                "kept entry {} holds seq {}",
+                self.seq, entry.seq
+            )));
+        }
+        Ok(entry)
+    }
 }
 
 /// The persisted leadership state of `device` (the local `sync_leadership` column of its

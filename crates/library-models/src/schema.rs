@@ -113,25 +113,18 @@ diesel::table! {
 }
 
 diesel::table! {
-    outbox (origin_seq) {
-        origin_seq -> BigInt,
-        change -> Binary,
+    outbox (last_origin_seq) {
+        last_origin_seq -> BigInt,
+        first_origin_seq -> BigInt,
+        changes -> Binary,
     }
 }
 
 diesel::table! {
     pending_entries (seq) {
         seq -> BigInt,
-        epoch -> BigInt,
-        origin_device -> Binary,
-        origin_seq -> BigInt,
-        hlc -> BigInt,
         model -> Text,
-        record -> Binary,
-        change_type -> SmallInt,
-        version -> BigInt,
-        payload -> Binary,
-        checksum -> Binary,
         reason -> Text,
+        entry -> Binary,
     }
 }

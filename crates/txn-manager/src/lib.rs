@@ -18,10 +18,12 @@
 //!
 //! ## Crash safety: two databases, one rule each
 //!
-//! - **Commit:** model write + outbox row + origin counter + persisted HLC in one
-//!   transaction. A crash leaves all or nothing.
-//! - **Outbox rows are deleted only when their change is applied from the global log** (the
-//!   same transaction that applies it and moves the applied seq), on leader and follower alike.
+//! - **Commit:** model writes + one outbox row holding the transaction's changes + origin
+//!   counter + persisted HLC in one transaction. A crash leaves all or nothing.
+//! - **Outbox rows are deleted only when their last change is applied from the global log**
+//!   (the same transaction that applies it and moves the applied seq), on leader and follower
+//!   alike. The changes of one row are forwarded together and sequenced in origin order, so
+//!   every earlier change of the row is applied by then.
 //! - **Leader** ([`Library::sequence`]): `sync.db` append (idempotent by origin key) first,
 //!   then apply from the log. A crash in between leaves outbox rows that are already in the
 //!   log; the next `sequence` re-appends them (no-op, nothing sequenced twice) and applies

@@ -7,9 +7,7 @@ use diesel::prelude::*;
 use library_models::schema::{local_state, outbox, pending_entries};
 use library_models::{Id, LibraryModel, LocalState, OutboxRow, PendingRow};
 use serde::{Deserialize, Serialize};
-use sync_log::{
-    Change, ChangeType, Checksum, DeviceId, Epoch, Hlc, LogEntry, OriginKey, Seq, SyncLogStore,
-};
+use sync_log::{Change, ChangeType, DeviceId, Epoch, Hlc, LogEntry, Seq, SyncLogStore};
 use syncable::{Applied, Registry};
 use tokio::sync::broadcast;
 
@@ -104,7 +102,8 @@ fn from_db(v: i64) -> u64 {
 /// The write path on one library database — blocking; wrap it in
 /// [`crate::TransactionManager`] for async code, or call it from a blocking thread.
 ///
-/// - [`Library::commit`]: model writes + outbox rows + counters, ONE transaction.
+/// - [`Library::commit`]: model writes + the transaction's outbox row + counters, ONE
+///   transaction.
 /// - [`Library::sequence`] (leader): outbox → sync log (idempotent), then apply.
 /// - [`Library::apply_entries`] / [`Library::catch_up`] / [`Library::receive`]: LWW apply with
 ///   the applied seq in the same transaction.
@@ -258,9 +257,10 @@ impl Library {
         }
     }
 
-    /// Commits `ops` in ONE transaction: each model write, its outbox row, and the new origin
-    /// counter and clock. Versions and stamps are set here. Returns the changes (in order);
-    /// an [`Event::Committed`] follows the commit. On error nothing is written.
+    /// Commits `ops` in ONE transaction: each model write, one outbox row with all the
+    /// changes, and the new origin counter and clock. Versions and stamps are set here.
+    /// Returns the changes (in order); an [`Event::Committed`] follows the commit. On error
+    /// nothing is written.
     pub fn commit(&mut self, ops: Vec<Op>) -> Result<Vec<Change>, Error> {
         let mut ctx = self.ctx();
         let changes = self.conn.immediate_transaction(|conn| {
@@ -280,7 +280,8 @@ impl Library {
     }
 
     /// Commits new records of one model in ONE transaction with multi-row inserts: version 1,
-    /// stamped here, each with its outbox row. Fails (writing nothing) if any id exists.
+    /// stamped here, with one outbox row for the batch. Fails (writing nothing) if any id
+    /// exists.
     pub fn insert_batch<T: LibraryModel + 'static>(
         &mut self,
         mut records: Vec<T>,
@@ -363,40 +364,56 @@ impl Library {
         })
     }
 
-    /// Up to `limit` outbox rows (oldest first) as changes: what a follower forwards.
+    /// Unsequenced local changes, oldest first: what a follower forwards. Whole outbox rows
+    /// (one per committed transaction, which must be submitted together) are returned while
+    /// they fit in `limit` changes, and always at least one row.
     pub fn outbox(&mut self, limit: usize) -> Result<Vec<Change>, Error> {
-        let rows: Vec<OutboxRow> = outbox::table
-            .order(outbox::origin_seq.asc())
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .select(OutboxRow::as_select())
-            .load(&mut self.conn)?;
-        rows.into_iter().map(change_from_outbox).collect()
+        self.outbox_after(0, limit)
+    }
+
+    /// Whole outbox rows after origin seq `after`, while they fit in `limit` changes (at least
+    /// one row).
+    fn outbox_after(&mut self, mut after: i64, limit: usize) -> Result<Vec<Change>, Error> {
+        let mut changes = Vec::new();
+        loop {
+            let rows: Vec<OutboxRow> = outbox::table
+                .filter(outbox::last_origin_seq.gt(after))
+                .order(outbox::last_origin_seq.asc())
+                .limit(64)
+                .select(OutboxRow::as_select())
+                .load(&mut self.conn)?;
+            let Some(last) = rows.last() else { return Ok(changes) };
+            after = last.last_origin_seq;
+            for row in rows {
+                let row_len = from_db(row.last_origin_seq - row.first_origin_seq + 1);
+                if !changes.is_empty() && changes.len() as u64 + row_len > limit as u64 {
+                    return Ok(changes);
+                }
+                changes.extend(row.decode()?);
+            }
+        }
     }
 
     /// Leader: moves every outbox row into the sync log (`append` is idempotent by origin
-    /// key), then applies the log up to its head — which removes the outbox rows, because an
-    /// outbox row is deleted exactly when its change is applied from the log. Run at start-up
+    /// key; each row's changes in one append, in origin order), then applies the log up to its
+    /// head — which removes the outbox rows, because a row is deleted exactly when its last
+    /// change is applied from the log. Run at start-up
     /// it is the recovery: rows already in the log are not sequenced again, only cleaned up;
     /// rows not yet in the log are sequenced. Returns the log head.
     pub fn sequence(&mut self, log: &mut SyncLogStore, epoch: Epoch) -> Result<Seq, Error> {
         let mut after = 0i64;
         loop {
-            let rows: Vec<OutboxRow> = outbox::table
-                .filter(outbox::origin_seq.gt(after))
-                .order(outbox::origin_seq.asc())
-                .limit(APPLY_BATCH as i64)
-                .select(OutboxRow::as_select())
-                .load(&mut self.conn)?;
-            let Some(last) = rows.last() else { break };
-            after = last.origin_seq;
-            let changes: Vec<Change> =
-                rows.into_iter().map(change_from_outbox).collect::<Result<_, _>>()?;
+            // Whole rows, in origin order, about APPLY_BATCH changes per append: the changes of
+            // one row are always appended together.
+            let changes = self.outbox_after(after, APPLY_BATCH)?;
+            let Some(last) = changes.last() else { break };
+            after = to_db(last.origin.seq);
             let appended = log.append(epoch, &changes)?;
             let fresh = appended.iter().filter(|a| a.new).count();
             if fresh < appended.len() {
                 tracing::debug!(
                     already = appended.len() - fresh,
-                    "outbox rows already in the log (recovered), not sequenced again"
+                    "outbox changes already in the log (recovered), not sequenced again"
                 );
             }
         }
@@ -441,7 +458,8 @@ impl Library {
     /// `pending_entries` (not applied, not lost, and the applied seq moves past it so later
     /// entries are never blocked) and re-applied by [`Library::retry_pending`] when a build
     /// that knows it opens the library; anything else goes through the registry's LWW apply.
-    /// An entry whose origin is this device removes its outbox row.
+    /// An entry whose origin is this device and whose origin seq ends an outbox row removes
+    /// that row.
     pub fn apply_entries(&mut self, entries: &[LogEntry]) -> Result<ApplyReport, Error> {
         let mut report = ApplyReport::default();
         let mut next = self.applied_seq.next();
@@ -521,7 +539,7 @@ impl Library {
                     report.kept += 1;
                     continue;
                 }
-                let entry = entry_from_pending(row)?;
+                let entry = row.decode()?;
                 diesel::delete(pending_entries::table.find(row.seq)).execute(conn)?;
                 apply_one(conn, registry, device, &entry, &mut report)?;
             }
@@ -572,63 +590,15 @@ fn apply_one(
 }
 
 fn keep(conn: &mut SqliteConnection, e: &LogEntry, reason: &str) -> Result<(), Error> {
-    let c = &e.change;
-    let row = PendingRow {
-        seq: to_db(e.seq.0),
-        epoch: to_db(e.epoch.0),
-        origin_device: Id(c.origin.device.0),
-        origin_seq: to_db(c.origin.seq),
-        hlc: to_db(c.hlc.0),
-        model: c.model.clone(),
-        record: Id(c.record),
-        change_type: c.change.code(),
-        version: to_db(c.version),
-        payload: c.payload.clone(),
-        checksum: e.checksum.0.to_vec(),
-        reason: reason.to_owned(),
-    };
+    let row = PendingRow::new(e, reason)?;
     diesel::insert_or_ignore_into(pending_entries::table).values(&row).execute(conn)?;
     Ok(())
 }
 
-fn change_type(code: i16) -> Result<ChangeType, Error> {
-    ChangeType::from_code(code).ok_or_else(|| Error::Invalid(format!("change type code {code}")))
-}
-
-fn entry_from_pending(row: &PendingRow) -> Result<LogEntry, Error> {
-    let checksum = <[u8; 32]>::try_from(row.checksum.as_slice())
-        .map_err(|_| Error::Invalid(format!("kept entry {}: bad checksum", row.seq)))?;
-    Ok(LogEntry {
-        seq: Seq(from_db(row.seq)),
-        epoch: Epoch(from_db(row.epoch)),
-        change: Change {
-            origin: OriginKey {
-                device: DeviceId(row.origin_device.0),
-                seq: from_db(row.origin_seq),
-            },
-            hlc: Hlc(from_db(row.hlc)),
-            model: row.model.clone(),
-            record: row.record.0,
-            change: change_type(row.change_type)?,
-            version: from_db(row.version),
-            payload: row.payload.clone(),
-        },
-        checksum: Checksum(checksum),
-    })
-}
-
-fn change_from_outbox(row: OutboxRow) -> Result<Change, Error> {
-    Ok(row.decode()?)
-}
-
-/// Rows per multi-row outbox `INSERT` (2 bound columns each).
-const OUTBOX_CHUNK: usize = 1_000;
-
-/// Multi-row insert of outbox rows, one encoded change each.
+/// Writes the outbox row of one transaction's changes (none for no changes).
 fn insert_outbox(conn: &mut SqliteConnection, changes: &[Change]) -> Result<(), Error> {
-    for chunk in changes.chunks(OUTBOX_CHUNK) {
-        let rows = chunk.iter().map(OutboxRow::new).collect::<Result<Vec<_>, _>>()?;
-        diesel::insert_into(outbox::table).values(&rows).execute(conn)?;
+    if !changes.is_empty() {
+        diesel::insert_into(outbox::table).values(&OutboxRow::new(changes)?).execute(conn)?;
     }
     Ok(())
 }

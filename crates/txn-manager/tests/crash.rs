@@ -105,6 +105,8 @@ fn crash_child() {
 struct Snapshot {
     state: LocalState,
     outbox: Vec<Change>,
+    /// `(first, last)` origin seqs of each outbox row.
+    outbox_rows: Vec<(u64, u64)>,
     log: Vec<LogEntry>,
     rows: BTreeMap<(uuid::Uuid, i64, i64), Id>,
 }
@@ -116,13 +118,13 @@ fn snapshot(dir: &Path) -> Option<Snapshot> {
     let mut conn = library_models::open_library(&dir.join("library.db")).unwrap();
     let state: LocalState =
         local_state::table.select(LocalState::as_select()).first(&mut conn).ok()?;
-    let outbox: Vec<Change> = outbox::table
-        .select(OutboxRow::as_select())
-        .load(&mut conn)
-        .unwrap()
+    let rows_of_outbox: Vec<OutboxRow> =
+        outbox::table.select(OutboxRow::as_select()).load(&mut conn).unwrap();
+    let outbox_rows: Vec<(u64, u64)> = rows_of_outbox
         .iter()
-        .map(|row| row.decode().unwrap())
+        .map(|r| (r.first_origin_seq as u64, r.last_origin_seq as u64))
         .collect();
+    let outbox: Vec<Change> = rows_of_outbox.iter().flat_map(|row| row.decode().unwrap()).collect();
     let mut rows = BTreeMap::new();
     for t in Tag::page(&mut conn, None, i64::MAX).unwrap() {
         rows.insert((t.uuid.0, t.version, t.hlc), t.device_id);
@@ -135,7 +137,7 @@ fn snapshot(dir: &Path) -> Option<Snapshot> {
     }
     let mut log = SyncLogStore::open(&dir.join("sync.db"), LIBRARY).unwrap();
     let log = log.read_after(Seq(0), usize::MAX).unwrap();
-    Some(Snapshot { state, outbox, log, rows })
+    Some(Snapshot { state, outbox, outbox_rows, log, rows })
 }
 
 use diesel::prelude::*;
@@ -152,13 +154,21 @@ fn check(s: &Snapshot) {
     let all: BTreeSet<u64> = origins.union(&outboxed).copied().collect();
     let expected: BTreeSet<u64> = (1..=s.state.origin_seq as u64).collect();
     assert_eq!(all, expected, "origin seqs lost or invented");
-    // Applied seq and the outbox move together: an own entry at or below the applied seq has
-    // no outbox row; one above it still has its row.
+    // Applied seq and the outbox move together: an outbox row exists exactly until the entry
+    // carrying its last change is applied, and every entry above the applied seq still has
+    // its row.
     let applied = s.state.applied_seq as u64;
     assert!(applied <= s.log.len() as u64, "applied past the log head");
-    for e in &s.log {
-        let has_row = outboxed.contains(&e.change.origin.seq);
-        assert_eq!(has_row, e.seq.0 > applied, "outbox row vs applied seq at {}", e.seq);
+    let seq_of: BTreeMap<u64, u64> = s.log.iter().map(|e| (e.change.origin.seq, e.seq.0)).collect();
+    for &(first, last) in &s.outbox_rows {
+        assert!((first..=last).all(|o| outboxed.contains(&o)), "row {first}..={last} incomplete");
+        if let Some(&seq) = seq_of.get(&last) {
+            assert!(seq > applied, "row {first}..={last} outlived the apply of seq {seq}");
+        }
+    }
+    for e in s.log.iter().filter(|e| e.seq.0 > applied) {
+        let origin = e.change.origin.seq;
+        assert!(outboxed.contains(&origin), "unapplied entry {} lost its outbox row", e.seq);
     }
     // Every outbox row has its model change (the row exists at that stamp or a later one).
     let models: BTreeMap<uuid::Uuid, (i64, i64)> =

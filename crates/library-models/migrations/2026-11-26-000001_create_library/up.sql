@@ -108,26 +108,21 @@ CREATE TABLE local_state (
     hlc         BIGINT NOT NULL
 );
 
--- Local changes not yet seen in the global log: written in the same transaction as the model
--- change, removed only once the change is in the global log.
+-- Local changes not yet seen in the global log: one row per committed transaction, holding its
+-- changes (consecutive origin seqs first..=last, encoded together), written in the same
+-- transaction as the model changes, removed when the change carrying its last origin seq is
+-- applied from the global log (the changes of one row are always sequenced together, in order).
 CREATE TABLE outbox (
-    origin_seq INTEGER PRIMARY KEY NOT NULL,
-    change     BLOB NOT NULL
+    last_origin_seq  INTEGER PRIMARY KEY NOT NULL,
+    first_origin_seq BIGINT NOT NULL,
+    changes          BLOB NOT NULL
 );
 
 -- Log entries kept but not applied: unknown model in this build, or a payload this build cannot
--- read. Retried whenever the library is opened.
+-- read. The whole entry is kept, encoded; retried whenever the library is opened.
 CREATE TABLE pending_entries (
-    seq           INTEGER PRIMARY KEY NOT NULL,
-    epoch         BIGINT NOT NULL,
-    origin_device BLOB NOT NULL,
-    origin_seq    BIGINT NOT NULL,
-    hlc           BIGINT NOT NULL,
-    model         TEXT NOT NULL,
-    record        BLOB NOT NULL,
-    change_type   SMALLINT NOT NULL,
-    version       BIGINT NOT NULL,
-    payload       BLOB NOT NULL,
-    checksum      BLOB NOT NULL,
-    reason        TEXT NOT NULL
+    seq    INTEGER PRIMARY KEY NOT NULL,
+    model  TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    entry  BLOB NOT NULL
 );
