@@ -1,3 +1,4 @@
 //! Shared fixtures for the cross-crate tests in `tests/tests/`.
+#![deny(missing_docs)]
 
 pub mod layering;

@@ -3,6 +3,7 @@
 //! Every subcommand is declared here, in one place. Benchmarks print `bench: name = value` lines
 //! and always measure their baseline in the same run, so the ratios mean something on any
 //! machine.
+#![deny(missing_docs)]
 
 mod bench_commit;
 mod bench_log;

@@ -86,6 +86,7 @@
 //! let actions = follower.handle(Time::from_millis(5_010), Input::Tick);
 //! assert!(matches!(&actions[0], Action::Persist(r) if r.max_epoch == Epoch(2)));
 //! ```
+#![deny(missing_docs)]
 
 mod config;
 pub mod driver;

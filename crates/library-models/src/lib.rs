@@ -50,6 +50,7 @@
 //! registry.require(library_models::REFERENCE_MODELS)?;
 //! # Ok::<(), syncable::Error>(())
 //! ```
+#![deny(missing_docs)]
 
 mod db;
 mod hash;

@@ -6,3 +6,4 @@
 //! **Invariant:** nothing in the workspace depends on this crate; it sits on top.
 //!
 //! This crate is a placeholder: the host issue fills it. It deliberately exports nothing yet.
+#![deny(missing_docs)]

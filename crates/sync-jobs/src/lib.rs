@@ -7,3 +7,4 @@
 //! **Must not know:** the CLI or process layout (`sync-host`).
 //!
 //! This crate is a placeholder: the jobs issue fills it. It deliberately exports nothing yet.
+#![deny(missing_docs)]

@@ -7,6 +7,7 @@
 //! depends on none of the workspace's crates; everything else depends on it for the shared value
 //! types ([`Seq`], [`Epoch`], [`DeviceId`], [`Change`], [`LogEntry`], …) and the one binary
 //! [`codec`].
+#![deny(missing_docs)]
 
 pub mod codec;
 mod types;

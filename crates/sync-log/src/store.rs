@@ -323,7 +323,7 @@ impl SyncLogStore {
         }
         let start = self.head;
         let result = self.conn.immediate_transaction(|conn| {
-            match plan_and_insert(conn, start, epoch, changes, &HashMap::new()) {
+            match plan_and_insert(conn, start, epoch, changes, None) {
                 Err(Error::Database(DieselError::DatabaseError(
                     DatabaseErrorKind::UniqueViolation,
                     _,
@@ -336,7 +336,7 @@ impl SyncLogStore {
                             existing.insert(change.origin, seq);
                         }
                     }
-                    plan_and_insert(conn, start, epoch, changes, &existing)
+                    plan_and_insert(conn, start, epoch, changes, Some(&existing))
                 }
                 other => other,
             }
@@ -581,28 +581,34 @@ impl SyncLogStore {
     }
 }
 
-/// Plans seqs and checksums for `changes` after `start` and inserts the new rows. Origin keys in
-/// `existing` (and repeats inside the batch) are not written again.
+/// Plans seqs and checksums for `changes` after `start` and inserts the new rows.
+///
+/// With `existing: None` (the fast path) every change is planned as new, and a repeated origin
+/// key surfaces as the unique index's violation. With `Some(existing)` (the slow path), origin
+/// keys in `existing` and repeats inside the batch are not written again.
 fn plan_and_insert(
     conn: &mut SqliteConnection,
     start: Position,
     epoch: Epoch,
     changes: &[Change],
-    existing: &HashMap<OriginKey, Seq>,
+    existing: Option<&HashMap<OriginKey, Seq>>,
 ) -> Result<(Vec<Appended>, Position), Error> {
     let mut head = start;
     let mut out = Vec::with_capacity(changes.len());
     let mut in_batch: HashMap<OriginKey, Seq> = HashMap::new();
     let mut planned: Vec<(Seq, Checksum, &Change)> = Vec::with_capacity(changes.len());
     for change in changes {
-        if let Some(&seq) = existing.get(&change.origin).or_else(|| in_batch.get(&change.origin)) {
+        let known = existing.and_then(|existing| {
+            existing.get(&change.origin).or_else(|| in_batch.get(&change.origin))
+        });
+        if let Some(&seq) = known {
             out.push(Appended { seq, new: false });
             continue;
         }
         let seq = head.seq.next();
         let checksum = LogEntry::chain(&head.checksum, seq, epoch, change);
         head = Position { seq, checksum };
-        if changes.len() > 1 {
+        if existing.is_some() {
             in_batch.insert(change.origin, seq);
         }
         planned.push((seq, checksum, change));

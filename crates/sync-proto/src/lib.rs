@@ -63,6 +63,7 @@
 //! router.shutdown().await.ok();
 //! # Ok(()) }
 //! ```
+#![deny(missing_docs)]
 
 pub mod frame;
 pub mod limits;

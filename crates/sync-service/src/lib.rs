@@ -9,3 +9,4 @@
 //!
 //! This crate is a placeholder: the sync-service issue fills it. It deliberately exports nothing
 //! yet, so that no caller can depend on behaviour that does not exist.
+#![deny(missing_docs)]

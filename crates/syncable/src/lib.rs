@@ -87,6 +87,7 @@
 //! - Two registrations under one name: [`Error::DuplicateModel`] naming both registration sites.
 //! - An unknown model name: [`Error::UnknownModel`], never a panic. Callers keep such entries
 //!   (not applied, not lost) until a build that knows the model opens the library.
+#![deny(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::fmt;

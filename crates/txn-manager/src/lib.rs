@@ -40,6 +40,7 @@
 //!   knows the model.
 //! - **HLC drift:** a peer stamp more than `max_drift_ms` (default 10 minutes) ahead is clamped
 //!   with a warning ([`HybridClock`]).
+#![deny(missing_docs)]
 
 mod error;
 mod hlc;
