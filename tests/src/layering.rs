@@ -31,6 +31,30 @@ pub const BANS: &[(&str, &[&str])] = &[
     ("txn-manager", &["iroh", "quinn", "iroh-quinn"]),
 ];
 
+/// Crates a workspace crate must not reach *with its own features* (`cargo tree -p crate`,
+/// which resolves features for that crate alone, as a user depending on it would): feature
+/// unification in the workspace hides these edges from `cargo metadata`.
+pub const OWN_TREE_BANS: &[(&str, &[&str])] = &[
+    ("sync-proto", &["diesel", "libsqlite3-sys", "diesel_migrations"]),
+    ("syncable", &["tokio", "iroh"]),
+    ("library-models", &["tokio", "iroh"]),
+    ("leadership", &["diesel", "libsqlite3-sys", "iroh"]),
+];
+
+/// Checks one crate's own dependency tree (`cargo tree -p krate -e normal --prefix none`
+/// output) against [`OWN_TREE_BANS`]; returns the violations.
+pub fn check_own_tree(krate: &str, tree: &str) -> Vec<String> {
+    let reached: BTreeSet<&str> =
+        tree.lines().filter_map(|line| line.split_whitespace().next()).collect();
+    OWN_TREE_BANS
+        .iter()
+        .filter(|(name, _)| *name == krate)
+        .flat_map(|(_, banned)| banned.iter())
+        .filter(|b| reached.contains(**b))
+        .map(|b| format!("{krate} reaches {b} with its own features"))
+        .collect()
+}
+
 /// tokio features that mean networking: crates that must not know the network may not ask
 /// tokio for them.
 pub const TOKIO_NET_FEATURES: &[&str] = &["net", "full"];

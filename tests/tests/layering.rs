@@ -2,7 +2,7 @@
 //! the network or storage cannot reach them (see `tests/src/layering.rs` for the rules).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use integration_tests::layering::check;
+use integration_tests::layering::{OWN_TREE_BANS, check, check_own_tree};
 use serde_json::{Value, json};
 
 fn metadata() -> Value {
@@ -57,4 +57,35 @@ fn check_catches_forbidden_edges() {
         violations.iter().any(|v| v.contains("sync-log (layer 0) depends on txn-manager")),
         "{violations:?}"
     );
+}
+
+fn own_tree(krate: &str) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["tree", "-p", krate, "-e", "normal", "--prefix", "none"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A user who depends on one crate alone gets only what that crate asks for: `sync-proto`
+/// brings no SQLite, `syncable` and `library-models` no tokio, `leadership` no database.
+#[test]
+fn single_crates_do_not_pull_in_what_they_must_not_know() {
+    let violations: Vec<String> = OWN_TREE_BANS
+        .iter()
+        .flat_map(|(krate, _)| check_own_tree(krate, &own_tree(krate)))
+        .collect();
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+/// The own-tree check is not vacuous: `sync-log` with its default `store` feature reaches
+/// diesel, and the check reports it when that tree is presented as `sync-proto`'s.
+#[test]
+fn own_tree_check_catches_storage() {
+    let tree = own_tree("sync-log");
+    let violations = check_own_tree("sync-proto", &tree);
+    assert!(violations.iter().any(|v| v.contains("diesel")), "{violations:?}");
 }

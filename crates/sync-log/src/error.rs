@@ -89,9 +89,11 @@ pub enum Error {
     #[error("migration failed: {0}")]
     Migration(String),
     /// Any other database error.
+    #[cfg(feature = "store")]
     #[error("database error: {0}")]
     Database(#[from] diesel::result::Error),
     /// The database could not be opened.
+    #[cfg(feature = "store")]
     #[error("cannot open database: {0}")]
     Connection(#[from] diesel::ConnectionError),
     /// A blocking task failed (panicked or was cancelled) or the store was poisoned by a panic.

@@ -7,6 +7,12 @@
 //! depends on none of the workspace's crates; everything else depends on it for the shared value
 //! types ([`Seq`], [`Epoch`], [`DeviceId`], [`Change`], [`LogEntry`], …) and the one binary
 //! [`codec`].
+//!
+//! ## Features
+//!
+//! - `store` (default): the SQLite store, `SyncLogStore` and its async handle `SyncLog` (diesel,
+//!   bundled SQLite, tokio's blocking pool). Without it the crate is only the value types and
+//!   the codec: `sync-proto` depends on it that way, so the protocol never pulls in storage.
 #![deny(missing_docs)]
 
 pub mod codec;
@@ -17,7 +23,9 @@ pub use types::{
     Seq, Stamp,
 };
 mod error;
+#[cfg(feature = "store")]
 mod store;
 
 pub use error::Error;
+#[cfg(feature = "store")]
 pub use store::{Appended, BUSY_TIMEOUT_MS, SCHEMA_VERSION, SyncLog, SyncLogStore};
