@@ -459,7 +459,8 @@ impl Library {
     /// entries are never blocked) and re-applied by [`Library::retry_pending`] when a build
     /// that knows it opens the library; anything else goes through the registry's LWW apply.
     /// An entry whose origin is this device and whose origin seq ends an outbox row removes
-    /// that row.
+    /// that row, and moves the origin counter past its origin seq (never reused, even by a
+    /// library database newer than the log's copy of this device's changes).
     pub fn apply_entries(&mut self, entries: &[LogEntry]) -> Result<ApplyReport, Error> {
         let mut report = ApplyReport::default();
         let mut next = self.applied_seq.next();
@@ -477,6 +478,10 @@ impl Library {
         }
         let Some(last) = fresh.last().map(|e| e.seq) else { return Ok(report) };
         let mut hlc = self.hlc.clone();
+        // Our own changes in the log move the origin counter past them: a library database
+        // that is newer than the log's copy of our changes (lost, re-created, restored) must
+        // not hand out an origin key the log already holds.
+        let mut origin_seq = self.origin_seq;
         let registry = &self.registry;
         let device = self.device;
         self.conn.immediate_transaction(|conn| {
@@ -485,6 +490,10 @@ impl Library {
                 hlc.observe(e.change.hlc);
                 if e.change.origin.device == device {
                     diesel::delete(outbox::table.find(to_db(e.change.origin.seq))).execute(conn)?;
+                    if i64::try_from(e.change.origin.seq).is_ok() {
+                        // (A forged seq near 2^64 must not make our counter overflow.)
+                        origin_seq = origin_seq.max(e.change.origin.seq);
+                    }
                 }
                 if e.change.change == ChangeType::Bulk {
                     report.bulk += 1;
@@ -510,11 +519,13 @@ impl Library {
                 .set((
                     local_state::applied_seq.eq(to_db(last.0)),
                     local_state::hlc.eq(to_db(hlc.last().0)),
+                    local_state::origin_seq.eq(to_db(origin_seq)),
                 ))
                 .execute(conn)?;
             Ok::<_, Error>(())
         })?;
         self.hlc = hlc;
+        self.origin_seq = origin_seq;
         self.applied_seq = last;
         self.emit(Event::Applied { through: last });
         Ok(report)

@@ -83,6 +83,16 @@ impl Op {
     }
 }
 
+/// The version after `stored`. Stored versions are signed 64-bit and the apply refuses a
+/// change at or above 2^63 on every device, so a record a peer left at `i64::MAX` cannot be
+/// written here again: refusing is better than storing a wrapped (negative) version that only
+/// this device would hold.
+fn next_version<T: LibraryModel>(stored: u64, uuid: Id) -> Result<u64, Error> {
+    stored.checked_add(1).filter(|v| i64::try_from(*v).is_ok()).ok_or_else(|| {
+        Error::Invalid(format!("{} {uuid}: version {stored} cannot be bumped", T::MODEL))
+    })
+}
+
 struct Put<T>(T);
 
 impl<T: LibraryModel + 'static> ErasedOp for Put<T> {
@@ -98,7 +108,7 @@ impl<T: LibraryModel + 'static> ErasedOp for Put<T> {
             Some((_, true)) if !T::REVIVABLE => {
                 return Err(Error::Deleted { model: T::MODEL, record: uuid.0 });
             }
-            Some((v, _)) => (v + 1, ChangeType::Update),
+            Some((v, _)) => (next_version::<T>(v, uuid)?, ChangeType::Update),
             None => (1, ChangeType::Insert),
         };
         let stamp = ctx.stamp(version);
@@ -123,7 +133,7 @@ impl<T: LibraryModel + 'static> ErasedOp for Delete<T> {
         if record.is_tombstone() {
             return Ok(None);
         }
-        let stamp = ctx.stamp(record.stamp().version + 1);
+        let stamp = ctx.stamp(next_version::<T>(record.stamp().version, self.0)?);
         record.set_meta(stamp, true);
         T::write(conn, &record)?;
         let payload = record.encode()?;
