@@ -11,10 +11,12 @@ use crate::types::{DeviceId, Epoch, Term};
 /// * **Pushes** (log entries from a leader) carry the pusher's [`Term`]: [`Fence::check`] it.
 ///   `Accept` → apply; `RefuseStale` → refuse and tell the sender our `current` term;
 ///   `NewerTerm` → feed [`Input::Observed`](crate::Input::Observed) to the machine, then check
-///   again with the new snapshot.
+///   again with the new snapshot — once: if the second check still says `NewerTerm` (the
+///   machine ignored the term, e.g. its leader is not a member), refuse the push.
 /// * **Sequencing** (on the leader): before committing each batch, read
-///   [`Fence::can_sequence`] from the *latest* snapshot and stamp the entries with the term it
-///   returns; if it returns `None`, stop and keep the batch unsequenced.
+///   [`Fence::can_sequence`] from the *latest* snapshot and sequence at the epoch of the term it
+///   returns (pushes carry the whole term); if it returns `None`, stop and keep the batch
+///   unsequenced.
 ///
 /// ```
 /// use leadership::{DeviceId, Epoch, Fence, Term, Verdict};

@@ -52,10 +52,10 @@
 //!    at once).
 //!
 //! Without a quorum (personal devices), two sides of a partition can both elect, even at the
-//! same epoch number; they hold different [`Term`]s `(epoch, device)`, and entries stamped with
-//! a term are unambiguous. When the sides meet, the higher term wins within one heartbeat and
-//! the loser hands over (see [`StepDown`]); the log layer repairs the divergence (design-notes
-//! rule 5).
+//! same epoch number; they hold different [`Term`]s `(epoch, device)`, and fencing compares
+//! terms, never bare epochs. When the sides meet, the higher term wins within one heartbeat and
+//! the loser hands over (see [`StepDown`]); the log's running checksum exposes the divergence
+//! and the log layer repairs it (design-notes rule 5).
 //!
 //! ## Timing guarantees (proved by the simulation tests)
 //!

@@ -484,7 +484,19 @@ impl Leadership {
             Role::Follower { leader, lease_until, .. }
                 if now >= lease_until && self.is_member() =>
             {
-                let epoch = self.max_epoch.next();
+                let Some(next) = self.max_epoch.0.checked_add(1) else {
+                    // The epoch space is exhausted (a peer announced `u64::MAX`, or a record
+                    // says so): no new epoch exists, and reusing one is never allowed. Stay a
+                    // follower that can still learn a leader of the last epoch.
+                    warn!(device = %self.me, epoch = %self.max_epoch, "no epoch left to stand for: not electing");
+                    self.role = Role::Follower {
+                        leader: None,
+                        awaiting: None,
+                        lease_until: now + self.config.lease(),
+                    };
+                    return;
+                };
+                let epoch = Epoch(next);
                 info!(device = %self.me, ?leader, %epoch, "lease lapsed: starting an election");
                 self.raise_epoch(epoch);
                 self.stand(now, epoch, false);

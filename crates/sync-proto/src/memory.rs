@@ -294,7 +294,11 @@ impl<M: Membership> MemoryConnector<M> {
                 last_due: Instant::now(),
                 frame: self.config.frame,
             })),
-            recv: RecvHalf::Memory(MemRecv { rx: rx_ba, link: dialer_link.clone() }),
+            recv: RecvHalf::Memory(MemRecv {
+                rx: rx_ba,
+                link: dialer_link.clone(),
+                frame: self.config.frame,
+            }),
             link: Link::Memory(dialer_link),
         };
         let acceptor = Wire {
@@ -308,7 +312,11 @@ impl<M: Membership> MemoryConnector<M> {
                 last_due: Instant::now(),
                 frame: acceptor_frame,
             })),
-            recv: RecvHalf::Memory(MemRecv { rx: rx_ab, link: acceptor_link.clone() }),
+            recv: RecvHalf::Memory(MemRecv {
+                rx: rx_ab,
+                link: acceptor_link.clone(),
+                frame: acceptor_frame,
+            }),
             link: Link::Memory(acceptor_link),
         };
         {
@@ -482,10 +490,14 @@ impl MemSend {
 pub(crate) struct MemRecv {
     rx: mpsc::Receiver<Envelope>,
     link: MemLink,
+    /// The receiver's framing: no frame above its maximum is accepted, whatever `max` a read
+    /// asks for (as [`FrameReader::read_limited`](crate::frame::FrameReader::read_limited)).
+    frame: FrameConfig,
 }
 
 impl MemRecv {
     pub(crate) async fn recv(&mut self, max: u32) -> Result<Option<Message>, ProtoError> {
+        let max = max.min(self.frame.max_frame_size());
         loop {
             let mut changed = self.link.shared.changed.subscribe();
             match self.link.shared.state() {
