@@ -62,6 +62,15 @@ pub enum Error {
         /// Theirs.
         theirs: Checksum,
     },
+    /// An origin key already in the log arrived with a different change: the origin device
+    /// reused a key. Nothing of the batch was written.
+    #[error("origin key {origin:?} is already sequenced at seq {seq} with a different change")]
+    OriginConflict {
+        /// The reused key.
+        origin: crate::OriginKey,
+        /// Where the log holds the original change.
+        seq: Seq,
+    },
     /// The range asked for was pruned; the caller needs a snapshot.
     #[error("entries up to seq {floor} were pruned (asked for entries after {requested})")]
     Pruned {

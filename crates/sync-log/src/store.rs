@@ -177,13 +177,11 @@ impl SyncLogStore {
         Self::open_inner(path, library, false)
     }
 
-    /// Opens the log at `path`, creating it when there is no file (or an empty one).
+    /// Opens the log at `path`, creating it when there is no file, an empty one, or an SQLite
+    /// file without any table (what a crash during creation can leave: creation itself is one
+    /// transaction).
     pub fn open_or_create(path: &Path, library: LibraryId) -> Result<Self, Error> {
-        if path.metadata().is_ok_and(|m| m.len() > 0) {
-            Self::open(path, library)
-        } else {
-            Self::open_inner(path, library, true)
-        }
+        Self::open_inner(path, library, true)
     }
 
     /// A log that lives in memory only: the stand-in for tests and simulations. It behaves
@@ -246,17 +244,21 @@ impl SyncLogStore {
             });
         }
 
-        conn.run_pending_migrations(MIGRATIONS)
-            .map_err(|e| corrupt(Error::Migration(e.to_string())))?;
-        if !has_meta {
-            diesel::insert_into(sync_meta::table)
-                .values((
-                    sync_meta::key.eq("library_id"),
-                    sync_meta::value.eq(library.0.to_string()),
-                ))
-                .execute(&mut conn)
-                .map_err(|e| corrupt(e.into()))?;
-        }
+        // Migrations and the library id in ONE transaction: a crash while creating leaves a file
+        // without tables (which `open_or_create` creates again), never a half-made log.
+        conn.immediate_transaction(|conn| {
+            conn.run_pending_migrations(MIGRATIONS).map_err(|e| Error::Migration(e.to_string()))?;
+            if !has_meta {
+                diesel::insert_into(sync_meta::table)
+                    .values((
+                        sync_meta::key.eq("library_id"),
+                        sync_meta::value.eq(library.0.to_string()),
+                    ))
+                    .execute(conn)?;
+            }
+            Ok::<_, Error>(())
+        })
+        .map_err(&corrupt)?;
 
         let floor = read_floor(&mut conn).map_err(&corrupt)?;
         let mut store = Self { conn, path: path.to_owned(), library, head: floor, floor };
@@ -316,7 +318,8 @@ impl SyncLogStore {
 
     /// Sequences `changes` at `epoch` in one transaction: consecutive seqs after the head,
     /// chained checksums. A change whose origin key is already in the log (or earlier in the
-    /// same batch) is not written again; its existing seq is returned with `new: false`.
+    /// same batch) is not written again; its existing seq is returned with `new: false`. An
+    /// origin key already in the log with a *different* change is [`Error::OriginConflict`].
     pub fn append(&mut self, epoch: Epoch, changes: &[Change]) -> Result<Vec<Appended>, Error> {
         if changes.is_empty() {
             return Ok(Vec::new());
@@ -332,8 +335,17 @@ impl SyncLogStore {
                     // only for re-submissions) and write the rest.
                     let mut existing = HashMap::new();
                     for change in changes {
-                        if let Some(seq) = find_origin(conn, &change.origin)? {
-                            existing.insert(change.origin, seq);
+                        if let Some(row) = find_origin_row(conn, &change.origin)? {
+                            // The same origin key must mean the same change: a reused key (a
+                            // device whose counter went back) would otherwise lose its change
+                            // silently.
+                            if !row_is(&row, change) {
+                                return Err(Error::OriginConflict {
+                                    origin: change.origin,
+                                    seq: Seq(from_db(row.seq)),
+                                });
+                            }
+                            existing.insert(change.origin, Seq(from_db(row.seq)));
                         }
                     }
                     plan_and_insert(conn, start, epoch, changes, Some(&existing))
@@ -636,6 +648,25 @@ fn new_row<'a>(seq: Seq, epoch: Epoch, change: &'a Change, checksum: &'a [u8; 32
         payload: &change.payload,
         checksum,
     }
+}
+
+fn find_origin_row(conn: &mut SqliteConnection, origin: &OriginKey) -> Result<Option<Row>, Error> {
+    Ok(sync_log::table
+        .filter(sync_log::origin_device.eq(origin.device.0.as_bytes().as_slice()))
+        .filter(sync_log::origin_seq.eq(to_db(origin.seq)))
+        .select(Row::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Whether the stored `row` holds exactly `change` (its origin key already matched).
+fn row_is(row: &Row, change: &Change) -> bool {
+    row.hlc == to_db(change.hlc.0)
+        && row.model == change.model
+        && row.record == change.record.as_bytes()
+        && row.change_type == change.change.code()
+        && row.version == to_db(change.version)
+        && row.payload == change.payload
 }
 
 fn find_origin(conn: &mut SqliteConnection, origin: &OriginKey) -> Result<Option<Seq>, Error> {

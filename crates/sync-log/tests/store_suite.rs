@@ -114,6 +114,47 @@ fn origin_keys_are_idempotent() {
     });
 }
 
+/// An origin key that comes back with a different change is refused, naming the key and the
+/// seq of the original, and nothing of the batch is written: a reused key never loses a change
+/// silently.
+#[test]
+fn reused_origin_key_with_other_change_is_refused() {
+    both(|mut log| {
+        log.append(Epoch(1), &changes(1, 1..4)).unwrap();
+        let mut reused = change(1, 2);
+        reused.payload = b"something else".to_vec();
+        let err = log.append(Epoch(1), &[change(1, 4), reused]).unwrap_err();
+        assert!(
+            matches!(err, Error::OriginConflict { seq: Seq(2), origin } if origin.seq == 2),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+        assert_eq!(log.head().seq, Seq(3), "nothing of the batch was written");
+    });
+}
+
+/// A crash while creating the log can leave an SQLite file with no table (SQLite writes its
+/// header before the creating transaction commits); `open_or_create` creates the log there,
+/// while `open` refuses it as not a sync log.
+#[test]
+fn open_or_create_finishes_an_interrupted_creation() {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, SqliteConnection};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sync.db");
+    let library = LibraryId::new_v7();
+    {
+        let mut c = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        c.batch_execute("PRAGMA journal_mode = WAL;").unwrap();
+    }
+    assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    assert!(matches!(SyncLogStore::open(&path, library), Err(Error::Corrupt { .. })));
+    let mut log = SyncLogStore::open_or_create(&path, library).unwrap();
+    log.append(Epoch(1), &changes(1, 1..3)).unwrap();
+    drop(log);
+    assert_eq!(SyncLogStore::open(&path, library).unwrap().head().seq, Seq(2));
+}
+
 /// Sequence numbers and the chain continue after the file is closed and opened again.
 #[test]
 fn restart_continues_sequence() {

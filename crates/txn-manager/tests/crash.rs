@@ -135,7 +135,7 @@ fn snapshot(dir: &Path) -> Option<Snapshot> {
     for t in UserMetadataTag::page(&mut conn, None, i64::MAX).unwrap() {
         rows.insert((t.uuid.0, t.version, t.hlc), t.device_id);
     }
-    let mut log = SyncLogStore::open(&dir.join("sync.db"), LIBRARY).unwrap();
+    let mut log = SyncLogStore::open_or_create(&dir.join("sync.db"), LIBRARY).unwrap();
     let log = log.read_after(Seq(0), usize::MAX).unwrap();
     Some(Snapshot { state, outbox, outbox_rows, log, rows })
 }
