@@ -8,7 +8,7 @@
 //!
 //! **Must not know:** the network (iroh, sync-proto), leadership, the sync service, outbox
 //! logic or sequencing. It knows the *shape* of the local tables (outbox, local state, kept
-//! entries) because they live in the same database; the write path in `txn-manager` owns what
+//! entries, changes to re-submit after a divergence) because they live in the same database; the write path in `txn-manager` owns what
 //! happens to them.
 //!
 //! ## Sync columns and the merge rule
@@ -65,7 +65,9 @@ use std::path::PathBuf;
 pub use db::{BUSY_TIMEOUT_MS, PRAGMAS, SCHEMA_VERSION, open_library, schema_version};
 pub use hash::{ContentHash, REFERENCE_MODELS, content_hash};
 pub use id::Id;
-pub use local::{LocalState, OutboxRow, PendingRow, leadership_state, set_leadership_state};
+pub use local::{
+    LocalState, OutboxRow, PendingRow, ResubmitRow, leadership_state, set_leadership_state,
+};
 pub use model::LibraryModel;
 pub use models::{Collection, Device, Entry, Location, Tag, UserMetadata, UserMetadataTag};
 

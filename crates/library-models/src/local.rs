@@ -1,10 +1,11 @@
 //! Local, never-synced tables of the library database: this device's state, the outbox, the
-//! entries kept for a later build, and the leadership column of the device row. Row types only;
-//! the write path (txn-manager) owns the logic.
+//! entries kept for a later build, the changes of a discarded log suffix waiting to be
+//! re-submitted, and the leadership column of the device row. Row types only; the write path
+//! (txn-manager) owns the logic.
 
 use diesel::prelude::*;
 
-use crate::schema::{device, local_state, outbox, pending_entries};
+use crate::schema::{device, local_state, outbox, pending_entries, resubmit};
 use crate::{Error, Id};
 
 /// The one row of `local_state`.
@@ -22,6 +23,9 @@ pub struct LocalState {
     pub origin_seq: i64,
     /// Last HLC reading used or observed (persisted so the clock is monotonic across restarts).
     pub hlc: i64,
+    /// The seq the sync log is being rewound to after a divergence, while that rewind is not
+    /// finished (the log not yet truncated); `None` when no rewind is pending.
+    pub rewind_to: Option<i64>,
 }
 
 /// A row of the outbox: the changes of one committed transaction, not yet seen in the global
@@ -113,6 +117,47 @@ impl PendingRow {
             )));
         }
         Ok(entry)
+    }
+}
+
+/// A change of a discarded log suffix (after a divergence), waiting to be re-submitted to the
+/// winner: keyed by its origin key, stored whole ([`sync_log::codec`]). The table's `ord`
+/// column (not part of this type: SQLite assigns it on insert) keeps the order in which rows
+/// were stored, i.e. log order.
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = resubmit)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub struct ResubmitRow {
+    /// Origin device of the change.
+    pub origin_device: Id,
+    /// Origin seq of the change.
+    pub origin_seq: i64,
+    /// The encoded change.
+    pub change: Vec<u8>,
+}
+
+impl ResubmitRow {
+    /// The row holding `change`.
+    pub fn new(change: &sync_log::Change) -> Result<Self, Error> {
+        Ok(Self {
+            origin_device: Id(change.origin.device.0),
+            origin_seq: change.origin.seq as i64,
+            change: sync_log::codec::encode(change)?,
+        })
+    }
+
+    /// The stored change; its origin key must match the row's key.
+    pub fn decode(&self) -> Result<sync_log::Change, Error> {
+        let change: sync_log::Change = sync_log::codec::decode(&self.change)?;
+        if change.origin.device.0 != self.origin_device.0
+            || change.origin.seq as i64 != self.origin_seq
+        {
+            return Err(Error::InvalidArgument(format!(
+                "resubmit row ({}, {}) holds origin key ({}, {})",
+                self.origin_device, self.origin_seq, change.origin.device, change.origin.seq
+            )));
+        }
+        Ok(change)
     }
 }
 

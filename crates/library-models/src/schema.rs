@@ -109,6 +109,7 @@ diesel::table! {
         applied_seq -> BigInt,
         origin_seq -> BigInt,
         hlc -> BigInt,
+        rewind_to -> Nullable<BigInt>,
     }
 }
 
@@ -117,6 +118,15 @@ diesel::table! {
         last_origin_seq -> BigInt,
         first_origin_seq -> BigInt,
         changes -> Binary,
+    }
+}
+
+diesel::table! {
+    resubmit (ord) {
+        ord -> BigInt,
+        origin_device -> Binary,
+        origin_seq -> BigInt,
+        change -> Binary,
     }
 }
 

@@ -43,6 +43,25 @@ pub enum Error {
         /// The seq offered.
         got: Seq,
     },
+    /// A rewind target outside the sync log: below its pruned floor or above its head.
+    #[error("cannot rewind to seq {common}: the log holds seqs {floor}..={head}")]
+    RewindOutOfRange {
+        /// The seq asked for.
+        common: Seq,
+        /// The log's floor (entries up to it were pruned).
+        floor: Seq,
+        /// The log's head.
+        head: Seq,
+    },
+    /// Entries were offered to [`crate::Library::apply_entries`] while a rewind is pending
+    /// (a crash interrupted it): finish it first ([`crate::Library::finish_rewind`], which
+    /// [`crate::Library::catch_up`], [`crate::Library::receive`] and
+    /// [`crate::Library::sequence`] call).
+    #[error("a rewind of the sync log to seq {to} is pending")]
+    RewindPending {
+        /// The pending rewind target.
+        to: Seq,
+    },
     /// The library database belongs to another device.
     #[error("library database belongs to device {found}, not {expected}")]
     WrongDevice {

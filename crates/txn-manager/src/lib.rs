@@ -31,6 +31,25 @@
 //! - **Follower** ([`Library::receive`]): `append_sequenced` to the log copy first, then apply
 //!   with the applied seq. At start-up [`Library::catch_up`] re-applies from the applied seq to
 //!   the log head; applying twice is a no-op.
+//! - **Rewind after a divergence** ([`Library::rewind`], design rule 5): a device whose log
+//!   diverged from the winner's discards the suffix after the common seq and re-submits every
+//!   change in it, whatever its origin. Three steps: (1) ONE library transaction stores every
+//!   change of the suffix in the local `resubmit` table (insert-or-ignore by origin key),
+//!   lowers the applied seq to `min(applied, common)`, drops kept entries above `common`, and
+//!   records the pending target in `local_state.rewind_to`; (2) the log is truncated after
+//!   `common`; (3) the target is cleared. The suffix is durable in the library database before
+//!   the log loses it, and the applied seq is never above the log's shared prefix once the
+//!   log is shortened. A crash after (1) leaves the target set: [`Library::apply_entries`]
+//!   refuses ([`Error::RewindPending`]) and [`Library::catch_up`], [`Library::receive`] and
+//!   [`Library::sequence`] first redo (1) (idempotent) then (2) and (3)
+//!   ([`Library::finish_rewind`]), so the untruncated suffix is never applied again and the
+//!   rewind is never forgotten. [`Library::open`] has no log at hand and only loads the target;
+//!   start-up calls `catch_up`, which finishes it.
+//! - **Re-submission:** [`Library::resubmit`] lists the stored changes in log order for the
+//!   caller to forward to the leader (idempotent by origin key); a row is deleted in the
+//!   transaction that applies its origin key from the global log (skipped while the table is
+//!   empty, which an in-memory count kept with the table tells). A leader's
+//!   [`Library::sequence`] appends them itself, before its outbox.
 //!
 //! ## Rules
 //!
@@ -53,7 +72,7 @@ pub use error::Error;
 pub use hlc::{Clock, DEFAULT_MAX_DRIFT_MS, HybridClock, ManualClock, Observed, SystemClock};
 pub use leadership_store::DeviceLeadershipStore;
 pub use library::{
-    APPLY_BATCH, ApplyReport, BULK_TXN_ROWS, BulkDescription, Config, Event, Library,
+    APPLY_BATCH, ApplyReport, BULK_TXN_ROWS, BulkDescription, Config, Event, Library, RewindReport,
 };
 pub use manager::TransactionManager;
 pub use op::Op;

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use diesel::prelude::*;
-use library_models::schema::{local_state, outbox, pending_entries};
-use library_models::{Id, LibraryModel, LocalState, OutboxRow, PendingRow};
+use library_models::schema::{local_state, outbox, pending_entries, resubmit};
+use library_models::{Id, LibraryModel, LocalState, OutboxRow, PendingRow, ResubmitRow};
 use serde::{Deserialize, Serialize};
 use sync_log::{Change, ChangeType, DeviceId, Epoch, Hlc, LogEntry, Seq, SyncLogStore};
 use syncable::{Applied, Registry};
@@ -51,6 +51,13 @@ pub enum Event {
         /// The log head after sequencing.
         head: Seq,
     },
+    /// The sync log was rewound after a divergence (see [`Library::rewind`]).
+    Rewound {
+        /// The seq the log now ends at.
+        to: Seq,
+        /// Changes waiting to be re-submitted ([`Library::resubmit`]).
+        resubmit: u64,
+    },
 }
 
 /// Describes a bulk operation whose rows travel outside the log (see [`Library::log_bulk`]).
@@ -91,6 +98,21 @@ impl ApplyReport {
     }
 }
 
+/// What one [`Library::rewind`] (or [`Library::stage_rewind`]) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RewindReport {
+    /// The seq the log is rewound to.
+    pub to: Seq,
+    /// Entries of the log after `to` (the discarded suffix).
+    pub discarded: u64,
+    /// Changes newly stored for re-submission (a change already stored is not counted again).
+    pub stored: u64,
+    /// The applied seq before the rewind.
+    pub applied_before: Seq,
+    /// The applied seq after it: `min(applied_before, to)`.
+    pub applied_after: Seq,
+}
+
 fn to_db(v: u64) -> i64 {
     // Bit reinterpretation, exact round trip.
     v as i64
@@ -107,6 +129,8 @@ fn from_db(v: i64) -> u64 {
 /// - [`Library::sequence`] (leader): outbox → sync log (idempotent), then apply.
 /// - [`Library::apply_entries`] / [`Library::catch_up`] / [`Library::receive`]: LWW apply with
 ///   the applied seq in the same transaction.
+/// - [`Library::rewind`] / [`Library::resubmit`]: after a divergence, discard the log suffix
+///   the winner does not share and re-submit every change in it.
 pub struct Library {
     conn: SqliteConnection,
     device: DeviceId,
@@ -114,6 +138,10 @@ pub struct Library {
     hlc: HybridClock,
     origin_seq: u64,
     applied_seq: Seq,
+    /// A rewind whose log truncation is not done yet (mirrors `local_state.rewind_to`).
+    rewind_to: Option<Seq>,
+    /// Rows in `resubmit` (kept with the table, so that apply skips the delete when it is 0).
+    resubmit_rows: u64,
     events: broadcast::Sender<Event>,
 }
 
@@ -123,6 +151,8 @@ impl std::fmt::Debug for Library {
             .field("device", &self.device)
             .field("origin_seq", &self.origin_seq)
             .field("applied_seq", &self.applied_seq)
+            .field("rewind_to", &self.rewind_to)
+            .field("resubmit_rows", &self.resubmit_rows)
             .finish_non_exhaustive()
     }
 }
@@ -130,6 +160,10 @@ impl std::fmt::Debug for Library {
 impl Library {
     /// Opens (creating and migrating if needed) the library database at `path` for `device`,
     /// then re-applies kept entries whose model `registry` now knows.
+    ///
+    /// A rewind interrupted by a crash ([`Library::pending_rewind`]) is not finished here (the
+    /// sync log is not at hand): the first [`Library::catch_up`], [`Library::receive`] or
+    /// [`Library::sequence`] finishes it, and [`Library::apply_entries`] refuses until then.
     ///
     /// ```
     /// use library_models as _;
@@ -169,11 +203,13 @@ impl Library {
                     applied_seq: 0,
                     origin_seq: 0,
                     hlc: 0,
+                    rewind_to: None,
                 };
                 diesel::insert_into(local_state::table).values(&s).execute(&mut conn)?;
                 s
             }
         };
+        let resubmit_rows: i64 = resubmit::table.count().get_result(&mut conn)?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let mut lib = Self {
             conn,
@@ -182,6 +218,8 @@ impl Library {
             hlc: HybridClock::new(config.clock, Hlc(from_db(state.hlc)), config.max_drift_ms),
             origin_seq: from_db(state.origin_seq),
             applied_seq: Seq(from_db(state.applied_seq)),
+            rewind_to: state.rewind_to.map(|s| Seq(from_db(s))),
+            resubmit_rows: from_db(resubmit_rows),
             events,
         };
         let retried = lib.retry_pending()?;
@@ -199,6 +237,17 @@ impl Library {
     /// The last global seq applied to this database.
     pub fn applied_seq(&self) -> Seq {
         self.applied_seq
+    }
+
+    /// The target of a rewind that a crash interrupted (stored, not yet truncated from the
+    /// sync log), if any: the next [`Library::finish_rewind`] completes it.
+    pub fn pending_rewind(&self) -> Option<Seq> {
+        self.rewind_to
+    }
+
+    /// How many changes wait to be re-submitted after a divergence ([`Library::resubmit`]).
+    pub fn resubmit_count(&self) -> u64 {
+        self.resubmit_rows
     }
 
     /// The last origin seq handed out.
@@ -400,7 +449,13 @@ impl Library {
     /// change is applied from the log. Run at start-up
     /// it is the recovery: rows already in the log are not sequenced again, only cleaned up;
     /// rows not yet in the log are sequenced. Returns the log head.
+    ///
+    /// Changes waiting in `resubmit` (a discarded suffix, see [`Library::rewind`]) are appended
+    /// first, in their log order: a device that becomes leader after a divergence re-sequences
+    /// what it holds. A pending rewind is finished before anything else.
     pub fn sequence(&mut self, log: &mut SyncLogStore, epoch: Epoch) -> Result<Seq, Error> {
+        self.finish_rewind(log)?;
+        self.sequence_resubmit(log, epoch)?;
         let mut after = 0i64;
         loop {
             // Whole rows, in origin order, about APPLY_BATCH changes per append: the changes of
@@ -425,8 +480,10 @@ impl Library {
 
     /// Applies every entry of `log` after the applied seq, in batches of [`APPLY_BATCH`]
     /// (each batch one transaction with its applied seq). At start-up this is the recovery
-    /// of a follower or leader that crashed between its sync log and its library database.
+    /// of a follower or leader that crashed between its sync log and its library database,
+    /// and it finishes a rewind a crash interrupted ([`Library::finish_rewind`]) first.
     pub fn catch_up(&mut self, log: &mut SyncLogStore) -> Result<ApplyReport, Error> {
+        self.finish_rewind(log)?;
         let mut total = ApplyReport::default();
         loop {
             let entries = log.read_after(self.applied_seq, APPLY_BATCH)?;
@@ -439,12 +496,14 @@ impl Library {
 
     /// Follower: stores `entries` from the leader in the sync log copy FIRST (so they are
     /// never lost), then applies them with the applied seq. A crash between the two is
-    /// repaired by [`Library::catch_up`] at the next start.
+    /// repaired by [`Library::catch_up`] at the next start. A pending rewind is finished
+    /// before the entries are stored.
     pub fn receive(
         &mut self,
         log: &mut SyncLogStore,
         entries: &[LogEntry],
     ) -> Result<ApplyReport, Error> {
+        self.finish_rewind(log)?;
         log.append_sequenced(entries)?;
         self.catch_up(log)
     }
@@ -460,8 +519,15 @@ impl Library {
     /// that knows it opens the library; anything else goes through the registry's LWW apply.
     /// An entry whose origin is this device and whose origin seq ends an outbox row removes
     /// that row, and moves the origin counter past its origin seq (never reused, even by a
-    /// library database newer than the log's copy of this device's changes).
+    /// library database newer than the log's copy of this device's changes). An entry whose
+    /// origin key waits in `resubmit` removes that row (the change is in the global log now).
+    ///
+    /// Refused with [`Error::RewindPending`] while a rewind is pending: the entries may come
+    /// from the suffix that rewind discards.
     pub fn apply_entries(&mut self, entries: &[LogEntry]) -> Result<ApplyReport, Error> {
+        if let Some(to) = self.rewind_to {
+            return Err(Error::RewindPending { to });
+        }
         let mut report = ApplyReport::default();
         let mut next = self.applied_seq.next();
         let mut fresh = Vec::with_capacity(entries.len());
@@ -484,10 +550,16 @@ impl Library {
         let mut origin_seq = self.origin_seq;
         let registry = &self.registry;
         let device = self.device;
+        // Kept with the table: when nothing waits for re-submission (almost always), no delete.
+        let resubmit_rows = self.resubmit_rows;
+        let mut resubmitted = 0u64;
         self.conn.immediate_transaction(|conn| {
             let mut known: Vec<&LogEntry> = Vec::with_capacity(fresh.len());
             for e in &fresh {
                 hlc.observe(e.change.hlc);
+                if resubmit_rows > resubmitted {
+                    resubmitted += delete_resubmit(conn, &e.change)?;
+                }
                 if e.change.origin.device == device {
                     diesel::delete(outbox::table.find(to_db(e.change.origin.seq))).execute(conn)?;
                     if i64::try_from(e.change.origin.seq).is_ok() {
@@ -527,6 +599,7 @@ impl Library {
         self.hlc = hlc;
         self.origin_seq = origin_seq;
         self.applied_seq = last;
+        self.resubmit_rows -= resubmitted;
         self.emit(Event::Applied { through: last });
         Ok(report)
     }
@@ -558,6 +631,170 @@ impl Library {
         })?;
         tracing::debug!(?report, "kept entries retried");
         Ok(report)
+    }
+
+    /// Rewinds after a divergence (design rule 5): discards the sync log's suffix after
+    /// `common` — the last seq this device shares with the winner — and keeps every change of
+    /// that suffix, whatever its origin, for re-submission ([`Library::resubmit`]).
+    ///
+    /// 1. ONE library transaction ([`Library::stage_rewind`]): every change of the suffix goes
+    ///    to the local `resubmit` table (insert-or-ignore by origin key), the applied seq drops
+    ///    to `min(applied, common)`, entries of the suffix kept in `pending_entries` are
+    ///    dropped (their seqs will be reused by the winner's entries; their changes are in
+    ///    `resubmit`), and `common` is recorded as the pending rewind target.
+    /// 2. The log is truncated after `common` ([`SyncLogStore::truncate_after`]).
+    /// 3. The pending target is cleared.
+    ///
+    /// A crash after step 1 leaves the target recorded; [`Library::finish_rewind`] (called by
+    /// `catch_up`, `receive`, `sequence`) repeats steps 1–3, and [`Library::apply_entries`]
+    /// refuses until then, so the untruncated suffix is never applied again. Rewinding again
+    /// to the same seq, or to the head with nothing applied beyond it, changes nothing.
+    ///
+    /// `common` below the log's floor or above its head is [`Error::RewindOutOfRange`].
+    /// After the rewind, apply the winner's entries after `common` ([`Library::receive`]); the
+    /// winner's entries at seqs the old suffix occupied are applied, not skipped.
+    pub fn rewind(&mut self, log: &mut SyncLogStore, common: Seq) -> Result<RewindReport, Error> {
+        let report = self.stage_rewind(log, common)?;
+        self.complete_rewind(log, false)?;
+        Ok(report)
+    }
+
+    /// Step 1 of [`Library::rewind`] alone: stores the suffix after `common`, lowers the
+    /// applied seq and records the pending rewind, in ONE transaction, without touching the
+    /// log. What it leaves is exactly what a crash in the middle of a rewind leaves;
+    /// [`Library::finish_rewind`] completes it. A rewind already pending is finished first.
+    /// With nothing after `common` and nothing applied beyond it, nothing is written.
+    pub fn stage_rewind(
+        &mut self,
+        log: &mut SyncLogStore,
+        common: Seq,
+    ) -> Result<RewindReport, Error> {
+        self.finish_rewind(log)?;
+        let (floor, head) = (log.floor().seq, log.head().seq);
+        if common < floor || common > head {
+            return Err(Error::RewindOutOfRange { common, floor, head });
+        }
+        let applied_before = self.applied_seq;
+        let mut report = RewindReport {
+            to: common,
+            applied_before,
+            applied_after: applied_before.min(common),
+            ..RewindReport::default()
+        };
+        if common == head && applied_before <= common {
+            return Ok(report);
+        }
+        let rows = self.conn.immediate_transaction(|conn| {
+            let (discarded, stored) = store_suffix(conn, log, common)?;
+            report.discarded = discarded;
+            report.stored = stored;
+            diesel::delete(pending_entries::table.filter(pending_entries::seq.gt(to_db(common.0))))
+                .execute(conn)?;
+            diesel::update(local_state::table.find(1))
+                .set((
+                    local_state::applied_seq.eq(to_db(report.applied_after.0)),
+                    local_state::rewind_to.eq(Some(to_db(common.0))),
+                ))
+                .execute(conn)?;
+            let rows: i64 = resubmit::table.count().get_result(conn)?;
+            Ok::<_, Error>(rows)
+        })?;
+        self.applied_seq = report.applied_after;
+        self.rewind_to = Some(common);
+        self.resubmit_rows = from_db(rows);
+        tracing::info!(?report, "sync log rewind staged");
+        Ok(report)
+    }
+
+    /// Finishes a rewind that a crash (or [`Library::stage_rewind`]) left pending: stores the
+    /// log suffix after the target again (insert-or-ignore: harmless), truncates the log there,
+    /// then clears the target. Returns whether a rewind was pending. Called first by
+    /// [`Library::catch_up`], [`Library::receive`] and [`Library::sequence`].
+    pub fn finish_rewind(&mut self, log: &mut SyncLogStore) -> Result<bool, Error> {
+        if self.rewind_to.is_none() {
+            return Ok(false);
+        }
+        self.complete_rewind(log, true)?;
+        Ok(true)
+    }
+
+    /// Steps 2 and 3 of a rewind (with step 1's storing repeated first when `restore`).
+    fn complete_rewind(&mut self, log: &mut SyncLogStore, restore: bool) -> Result<(), Error> {
+        let Some(to) = self.rewind_to else { return Ok(()) };
+        let (floor, head) = (log.floor().seq, log.head().seq);
+        if to < floor || to > head {
+            return Err(Error::RewindOutOfRange { common: to, floor, head });
+        }
+        if restore && head > to {
+            // Whatever the log holds after the target is stored before it is discarded, even
+            // if it is not what step 1 stored.
+            let rows = self.conn.immediate_transaction(|conn| {
+                store_suffix(conn, log, to)?;
+                let rows: i64 = resubmit::table.count().get_result(conn)?;
+                Ok::<_, Error>(rows)
+            })?;
+            self.resubmit_rows = from_db(rows);
+        }
+        log.truncate_after(to)?;
+        diesel::update(local_state::table.find(1))
+            .set(local_state::rewind_to.eq(None::<i64>))
+            .execute(&mut self.conn)?;
+        self.rewind_to = None;
+        tracing::info!(to = to.0, resubmit = self.resubmit_rows, "sync log rewound");
+        self.emit(Event::Rewound { to, resubmit: self.resubmit_rows });
+        Ok(())
+    }
+
+    /// Changes of discarded log suffixes to re-submit to the leader, in log order, up to
+    /// `limit` (at least one when any wait). The leader sequences each origin key at most once,
+    /// so re-submitting is idempotent; a change leaves this list when it is applied from the
+    /// global log (see [`Library::apply_entries`]).
+    pub fn resubmit(&mut self, limit: usize) -> Result<Vec<Change>, Error> {
+        Ok(self.resubmit_after(0, limit.max(1))?.into_iter().map(|(_, c)| c).collect())
+    }
+
+    /// Up to `limit` waiting changes after position `after` in `resubmit`, with their position.
+    fn resubmit_after(&mut self, after: i64, limit: usize) -> Result<Vec<(i64, Change)>, Error> {
+        if self.resubmit_rows == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, ResubmitRow)> = resubmit::table
+            .filter(resubmit::ord.gt(after))
+            .order(resubmit::ord.asc())
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .select((resubmit::ord, ResubmitRow::as_select()))
+            .load(&mut self.conn)?;
+        rows.into_iter().map(|(ord, row)| Ok((ord, row.decode()?))).collect()
+    }
+
+    /// Leader: appends the waiting re-submissions to the log, in log order. One already in the
+    /// log at or below the applied seq (so already applied) is removed here: no apply will.
+    fn sequence_resubmit(&mut self, log: &mut SyncLogStore, epoch: Epoch) -> Result<(), Error> {
+        let mut after = 0i64;
+        loop {
+            let batch = self.resubmit_after(after, APPLY_BATCH)?;
+            let Some(&(last, _)) = batch.last() else { return Ok(()) };
+            after = last;
+            let changes: Vec<Change> = batch.into_iter().map(|(_, c)| c).collect();
+            let appended = log.append(epoch, &changes)?;
+            let applied = self.applied_seq;
+            let done: Vec<&Change> = changes
+                .iter()
+                .zip(&appended)
+                .filter(|(_, a)| !a.new && a.seq <= applied)
+                .map(|(c, _)| c)
+                .collect();
+            if !done.is_empty() {
+                let removed = self.conn.immediate_transaction(|conn| {
+                    let mut removed = 0;
+                    for c in &done {
+                        removed += delete_resubmit(conn, c)?;
+                    }
+                    Ok::<_, Error>(removed)
+                })?;
+                self.resubmit_rows = self.resubmit_rows.saturating_sub(removed);
+            }
+        }
     }
 
     /// How many log entries are kept (not applied) in this database.
@@ -598,6 +835,38 @@ fn apply_one(
         Err(err) => return Err(err.into()),
     }
     Ok(())
+}
+
+/// Stores every change of `log` after `common` in `resubmit` (insert-or-ignore by origin key),
+/// inside the caller's transaction. Returns (entries read, rows newly stored).
+fn store_suffix(
+    conn: &mut SqliteConnection,
+    log: &mut SyncLogStore,
+    common: Seq,
+) -> Result<(u64, u64), Error> {
+    let (mut read, mut stored) = (0u64, 0u64);
+    let mut after = common;
+    loop {
+        let entries = log.read_after(after, APPLY_BATCH)?;
+        let Some(last) = entries.last() else { return Ok((read, stored)) };
+        after = last.seq;
+        read += entries.len() as u64;
+        let rows =
+            entries.iter().map(|e| ResubmitRow::new(&e.change)).collect::<Result<Vec<_>, _>>()?;
+        stored +=
+            diesel::insert_or_ignore_into(resubmit::table).values(&rows).execute(conn)? as u64;
+    }
+}
+
+/// Removes the `resubmit` row of `change`'s origin key, if any; returns how many rows went.
+fn delete_resubmit(conn: &mut SqliteConnection, change: &Change) -> Result<u64, Error> {
+    let n = diesel::delete(
+        resubmit::table
+            .filter(resubmit::origin_device.eq(Id(change.origin.device.0)))
+            .filter(resubmit::origin_seq.eq(to_db(change.origin.seq))),
+    )
+    .execute(conn)?;
+    Ok(n as u64)
 }
 
 fn keep(conn: &mut SqliteConnection, e: &LogEntry, reason: &str) -> Result<(), Error> {

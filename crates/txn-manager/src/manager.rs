@@ -6,7 +6,7 @@ use library_models::LibraryModel;
 use sync_log::{Change, Epoch, LogEntry, Seq, SyncLog};
 use tokio::sync::broadcast;
 
-use crate::{ApplyReport, BulkDescription, Error, Event, Library, Op};
+use crate::{ApplyReport, BulkDescription, Error, Event, Library, Op, RewindReport};
 
 /// The async write path of one library: cheap to clone, safe to share between tasks.
 ///
@@ -102,6 +102,16 @@ impl TransactionManager {
     /// See [`Library::catch_up`].
     pub async fn catch_up(&self, log: SyncLog) -> Result<ApplyReport, Error> {
         self.with(move |l| log.with_blocking(|s| Ok(l.catch_up(s)))?).await
+    }
+
+    /// See [`Library::rewind`] (after a divergence).
+    pub async fn rewind(&self, log: SyncLog, common: Seq) -> Result<RewindReport, Error> {
+        self.with(move |l| log.with_blocking(|s| Ok(l.rewind(s, common)))?).await
+    }
+
+    /// See [`Library::resubmit`].
+    pub async fn resubmit(&self, limit: usize) -> Result<Vec<Change>, Error> {
+        self.with(move |l| l.resubmit(limit)).await
     }
 
     /// The applied seq.
