@@ -130,15 +130,20 @@ impl Error {
     /// Whether the same call may succeed later (the database was locked).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Database(diesel::result::Error::DatabaseError(_, info))
-            | Self::Syncable(syncable::Error::Database(diesel::result::Error::DatabaseError(
-                _,
-                info,
-            ))) => {
-                let m = info.message().to_ascii_lowercase();
-                m.contains("locked") || m.contains("busy")
-            }
+            Self::Database(e) | Self::Syncable(syncable::Error::Database(e)) => is_busy(e),
             _ => false,
         }
+    }
+}
+
+/// Whether a diesel error is SQLite's "locked" / "busy" (another connection held the lock past
+/// the busy timeout): the one database error worth retrying.
+pub fn is_busy(error: &diesel::result::Error) -> bool {
+    match error {
+        diesel::result::Error::DatabaseError(_, info) => {
+            let m = info.message().to_ascii_lowercase();
+            m.contains("locked") || m.contains("busy")
+        }
+        _ => false,
     }
 }

@@ -85,13 +85,8 @@ impl Error {
         match self {
             Self::Log(e) => e.is_retryable(),
             Self::Models(e) => e.is_retryable(),
-            Self::Database(diesel::result::Error::DatabaseError(_, info))
-            | Self::Syncable(syncable::Error::Database(diesel::result::Error::DatabaseError(
-                _,
-                info,
-            ))) => {
-                let m = info.message().to_ascii_lowercase();
-                m.contains("locked") || m.contains("busy")
+            Self::Database(e) | Self::Syncable(syncable::Error::Database(e)) => {
+                library_models::is_busy(e)
             }
             _ => false,
         }
