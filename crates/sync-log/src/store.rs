@@ -274,7 +274,7 @@ impl SyncLogStore {
             .limit(2)
             .select(Row::as_select())
             .load(&mut self.conn)
-            .map_err(|e| self.corrupt(e.into()))?;
+            .map_err(|e| self.classify(e.into()))?;
         let Some(last_row) = last.first() else {
             return Ok(self.floor);
         };
@@ -584,10 +584,7 @@ impl SyncLogStore {
         })
     }
 
-    fn corrupt(&self, e: Error) -> Error {
-        corrupt_or(e, &self.path)
-    }
-
+    /// Names this file in SQLite's "broken file" errors and maps "locked" to [`Error::Busy`].
     fn classify(&self, e: Error) -> Error {
         corrupt_or(e, &self.path)
     }
