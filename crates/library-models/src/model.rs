@@ -84,6 +84,24 @@ where
 
 /// Defines a reference model: the struct (synced columns only), its [`LibraryModel`] and
 /// [`syncable::Syncable`] impls with the LWW apply, and its registration.
+/// `INSERT … ON CONFLICT (uuid) DO UPDATE SET` every column to the new row's value: the one
+/// upsert shape of a model table (apply filters it by stamp; a local write uses it as is).
+macro_rules! overwrite_on_conflict {
+    ($t:ident, $table:ident, $record:expr, $($field:ident),*) => {
+        diesel::insert_into($t::$table)
+            .values($record)
+            .on_conflict($t::uuid)
+            .do_update()
+            .set((
+                $( $t::$field.eq(diesel::upsert::excluded($t::$field)), )*
+                $t::version.eq(diesel::upsert::excluded($t::version)),
+                $t::hlc.eq(diesel::upsert::excluded($t::hlc)),
+                $t::device_id.eq(diesel::upsert::excluded($t::device_id)),
+                $t::tombstone.eq(diesel::upsert::excluded($t::tombstone)),
+            ))
+    };
+}
+
 macro_rules! library_model {
     (
         $(#[$doc:meta])*
@@ -154,17 +172,7 @@ macro_rules! library_model {
                 }
                 let record: $name = crate::model::record_from_change(change)?;
                 // One statement: insert, or overwrite only if the new stamp is larger.
-                let upsert = diesel::insert_into(t::$table)
-                    .values(&record)
-                    .on_conflict(t::uuid)
-                    .do_update()
-                    .set((
-                        $( t::$field.eq(excluded(t::$field)), )*
-                        t::version.eq(excluded(t::version)),
-                        t::hlc.eq(excluded(t::hlc)),
-                        t::device_id.eq(excluded(t::device_id)),
-                        t::tombstone.eq(excluded(t::tombstone)),
-                    ));
+                let upsert = overwrite_on_conflict!(t, $table, &record, $($field),*);
                 let written = diesel::query_dsl::methods::FilterDsl::filter(
                     upsert,
                         excluded(t::version).gt(t::version).or(excluded(t::version)
@@ -290,18 +298,7 @@ macro_rules! library_model {
             fn write(conn: &mut diesel::SqliteConnection, record: &Self) -> diesel::QueryResult<()> {
                 use crate::schema::$table::dsl as t;
                 use diesel::prelude::*;
-                use diesel::upsert::excluded;
-                diesel::insert_into(t::$table)
-                    .values(record)
-                    .on_conflict(t::uuid)
-                    .do_update()
-                    .set((
-                        $( t::$field.eq(excluded(t::$field)), )*
-                        t::version.eq(excluded(t::version)),
-                        t::hlc.eq(excluded(t::hlc)),
-                        t::device_id.eq(excluded(t::device_id)),
-                        t::tombstone.eq(excluded(t::tombstone)),
-                    ))
+                overwrite_on_conflict!(t, $table, record, $($field),*)
                     .execute(conn)
                     .map(|_| ())
             }
@@ -340,4 +337,4 @@ macro_rules! library_model {
 /// Rows per multi-row `INSERT` (at most 13 columns each: well under SQLite's variable limit).
 pub(crate) const INSERT_CHUNK: usize = 1_000;
 
-pub(crate) use library_model;
+pub(crate) use {library_model, overwrite_on_conflict};

@@ -1,7 +1,7 @@
 //! The reference models of a library.
 
 use crate::Id;
-use crate::model::library_model;
+use crate::model::{library_model, overwrite_on_conflict};
 
 library_model! {
     /// A member device of the library. (Its row also has a local, never-synced

@@ -306,19 +306,17 @@ impl Library {
         }
     }
 
-    /// Commits `ops` in ONE transaction: each model write, one outbox row with all the
-    /// changes, and the new origin counter and clock. Versions and stamps are set here.
-    /// Returns the changes (in order); an [`Event::Committed`] follows the commit. On error
-    /// nothing is written.
-    pub fn commit(&mut self, ops: Vec<Op>) -> Result<Vec<Change>, Error> {
+    /// The shape of every local commit: in ONE transaction, `write` makes the model writes and
+    /// returns their changes (stamped through the context), then the transaction's outbox row
+    /// and the counters are written; after the commit the context is kept and an
+    /// [`Event::Committed`] follows.
+    fn commit_with(
+        &mut self,
+        write: impl FnOnce(&mut SqliteConnection, &mut StampCtx) -> Result<Vec<Change>, Error>,
+    ) -> Result<Vec<Change>, Error> {
         let mut ctx = self.ctx();
         let changes = self.conn.immediate_transaction(|conn| {
-            let mut changes = Vec::with_capacity(ops.len());
-            for op in ops {
-                if let Some(change) = op.0.run(conn, &mut ctx)? {
-                    changes.push(change);
-                }
-            }
+            let changes = write(conn, &mut ctx)?;
             insert_outbox(conn, &changes)?;
             save_counters(conn, &ctx)?;
             Ok::<_, Error>(changes)
@@ -328,6 +326,22 @@ impl Library {
         Ok(changes)
     }
 
+    /// Commits `ops` in ONE transaction: each model write, one outbox row with all the
+    /// changes, and the new origin counter and clock. Versions and stamps are set here.
+    /// Returns the changes (in order); an [`Event::Committed`] follows the commit. On error
+    /// nothing is written.
+    pub fn commit(&mut self, ops: Vec<Op>) -> Result<Vec<Change>, Error> {
+        self.commit_with(|conn, ctx| {
+            let mut changes = Vec::with_capacity(ops.len());
+            for op in ops {
+                if let Some(change) = op.0.run(conn, ctx)? {
+                    changes.push(change);
+                }
+            }
+            Ok(changes)
+        })
+    }
+
     /// Commits new records of one model in ONE transaction with multi-row inserts: version 1,
     /// stamped here, with one outbox row for the batch. Fails (writing nothing) if any id
     /// exists.
@@ -335,8 +349,7 @@ impl Library {
         &mut self,
         mut records: Vec<T>,
     ) -> Result<Vec<Change>, Error> {
-        let mut ctx = self.ctx();
-        let changes = self.conn.immediate_transaction(|conn| {
+        self.commit_with(|conn, ctx| {
             let mut changes = Vec::with_capacity(records.len());
             for record in &mut records {
                 let stamp = ctx.stamp(1);
@@ -351,31 +364,19 @@ impl Library {
                 ));
             }
             T::insert_all(conn, &records)?;
-            insert_outbox(conn, &changes)?;
-            save_counters(conn, &ctx)?;
-            Ok::<_, Error>(changes)
-        })?;
-        self.finish(ctx);
-        self.emit_committed(&changes);
-        Ok(changes)
+            Ok(changes)
+        })
     }
 
     /// Records ONE bulk entry describing a bulk operation (its outbox row, one transaction).
     /// The rows themselves are not in the log: see [`Library::bulk_write`].
     pub fn log_bulk(&mut self, description: &BulkDescription) -> Result<Change, Error> {
-        let mut ctx = self.ctx();
         let payload = sync_log::codec::encode(description)?;
-        let change = self.conn.immediate_transaction(|conn| {
+        let mut changes = self.commit_with(|_, ctx| {
             let stamp = ctx.stamp(1);
-            let change =
-                ctx.change(&description.model, Id::new_v7(), ChangeType::Bulk, stamp, payload);
-            insert_outbox(conn, std::slice::from_ref(&change))?;
-            save_counters(conn, &ctx)?;
-            Ok::<_, Error>(change)
+            Ok(vec![ctx.change(&description.model, Id::new_v7(), ChangeType::Bulk, stamp, payload)])
         })?;
-        self.finish(ctx);
-        self.emit_committed(std::slice::from_ref(&change));
-        Ok(change)
+        changes.pop().ok_or_else(|| Error::Invalid("bulk entry was not recorded".into()))
     }
 
     /// Writes many new records in large transactions ([`BULK_TXN_ROWS`] each) WITHOUT an
