@@ -16,7 +16,10 @@ use crate::{
 };
 
 /// The schema version this build writes and the highest it can open.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// Version 2 added the table of pruned origin keys (`sync_pruned_origin`); opening a version 1
+/// file migrates it.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// How long a connection waits for a lock held by another connection before
 /// [`Error::Busy`].
@@ -50,9 +53,16 @@ mod schema {
             value -> Text,
         }
     }
+
+    diesel::table! {
+        sync_pruned_origin (origin_device) {
+            origin_device -> Binary,
+            max_origin_seq -> BigInt,
+        }
+    }
 }
 
-use schema::{sync_log, sync_meta};
+use schema::{sync_log, sync_meta, sync_pruned_origin};
 
 /// A row as stored. Integers are SQLite's signed 64-bit; `u64` values round-trip bit for bit.
 #[derive(Queryable, Selectable)]
@@ -469,6 +479,15 @@ impl SyncLogStore {
         find_origin(&mut self.conn, origin).map_err(|e| self.classify(e))
     }
 
+    /// The highest origin seq of `device` that this log holds or ever pruned; `None` when the
+    /// log never sequenced a change of `device`.
+    ///
+    /// A device that lost its own counter (a library database restored from a backup or
+    /// re-created) continues after this value, so it never reuses an origin key the log knows.
+    pub fn max_origin_seq(&mut self, device: DeviceId) -> Result<Option<u64>, Error> {
+        max_origin_seq(&mut self.conn, device).map_err(|e| self.classify(e))
+    }
+
     /// Deletes every entry with a seq below `seq`; the floor moves to `seq - 1`. Reading after
     /// a seq below the new floor then gives [`Error::Pruned`]. Pruning at or below the current
     /// floor does nothing; pruning past `head + 1` is an error.
@@ -490,6 +509,7 @@ impl SyncLogStore {
         let floor = Position { seq: new_floor_seq, checksum };
         self.conn
             .immediate_transaction(|conn| {
+                remember_pruned_origins(conn, floor.seq)?;
                 diesel::delete(sync_log::table.filter(sync_log::seq.le(to_db(floor.seq.0))))
                     .execute(conn)?;
                 write_meta(conn, "floor_seq", &floor.seq.0.to_string())?;
@@ -674,6 +694,44 @@ fn find_origin(conn: &mut SqliteConnection, origin: &OriginKey) -> Result<Option
         .first::<i64>(conn)
         .optional()?
         .map(|s| Seq(from_db(s))))
+}
+
+/// The highest origin seq of `device` in the log (through the unique origin index) or in the
+/// table of pruned origins.
+fn max_origin_seq(conn: &mut SqliteConnection, device: DeviceId) -> Result<Option<u64>, Error> {
+    let held: Option<i64> = sync_log::table
+        .filter(sync_log::origin_device.eq(device.0.as_bytes().as_slice()))
+        .select(sync_log::origin_seq)
+        .order(sync_log::origin_seq.desc())
+        .first(conn)
+        .optional()?;
+    let pruned = pruned_origin_seq(conn, device)?;
+    Ok(held.map(from_db).max(pruned))
+}
+
+/// The highest origin seq of `device` that was pruned, if any.
+fn pruned_origin_seq(conn: &mut SqliteConnection, device: DeviceId) -> Result<Option<u64>, Error> {
+    Ok(sync_pruned_origin::table
+        .find(device.0.as_bytes().as_slice())
+        .select(sync_pruned_origin::max_origin_seq)
+        .first::<i64>(conn)
+        .optional()?
+        .map(from_db))
+}
+
+/// Records, per origin device, the highest origin seq among the entries up to `floor` (about to
+/// be pruned), keeping any higher value already recorded.
+fn remember_pruned_origins(conn: &mut SqliteConnection, floor: Seq) -> Result<(), Error> {
+    diesel::sql_query(
+        "INSERT INTO sync_pruned_origin (origin_device, max_origin_seq) \
+         SELECT origin_device, MAX(origin_seq) FROM sync_log WHERE seq <= ? \
+         GROUP BY origin_device \
+         ON CONFLICT (origin_device) \
+         DO UPDATE SET max_origin_seq = MAX(max_origin_seq, excluded.max_origin_seq)",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(to_db(floor.0))
+    .execute(conn)?;
+    Ok(())
 }
 
 #[derive(QueryableByName)]
@@ -868,6 +926,11 @@ impl SyncLog {
     /// See [`SyncLogStore::checksum_at`].
     pub async fn checksum_at(&self, seq: Seq) -> Result<Option<Checksum>, Error> {
         self.with(move |s| s.checksum_at(seq)).await
+    }
+
+    /// See [`SyncLogStore::max_origin_seq`].
+    pub async fn max_origin_seq(&self, device: DeviceId) -> Result<Option<u64>, Error> {
+        self.with(move |s| s.max_origin_seq(device)).await
     }
 
     /// See [`SyncLogStore::prune_below`].
