@@ -74,6 +74,29 @@ impl Config {
     pub fn claim_window(&self) -> Duration {
         self.claim_window
     }
+
+    /// `I = L - H`: how long a leader that hears no other member keeps sequencing.
+    ///
+    /// After `I` of silence a leader *pauses* (it keeps its term and heartbeats, but sequences
+    /// nothing: its writes wait in its outbox like everyone's) until it hears a member again.
+    /// `I` is shorter than the lease on purpose: the members on the other side of the silence
+    /// start an election no earlier than `L` after the last heartbeat they heard, which was at
+    /// most `H` (plus timer lateness) before the silence began, so a leader cut off alone has
+    /// stopped sequencing before anyone else can start (given `W` above one message delay and
+    /// the timer lateness). At least `H`, since `L >= 2H`.
+    pub fn isolation(&self) -> Duration {
+        self.lease.saturating_sub(self.heartbeat)
+    }
+
+    /// `R = min(2H, L - H)`: a member heard within `R` counts as reachable now.
+    ///
+    /// Members announce themselves every `H`, so a reachable member is heard within `R`. When a
+    /// follower's lease lapses it stands only if some member is reachable: the last message it
+    /// heard before a silence is at most `H` younger than the last heartbeat, so after a lease
+    /// of silence `R` has passed too, and a device cut off alone never claims.
+    pub fn reach(&self) -> Duration {
+        self.isolation().min(self.heartbeat.saturating_mul(2))
+    }
 }
 
 #[cfg(test)]
@@ -86,6 +109,8 @@ mod tests {
         assert_eq!(c.heartbeat(), Duration::from_secs(1));
         assert_eq!(c.lease(), Duration::from_secs(5));
         assert_eq!(Config::new(c.heartbeat(), c.lease()).unwrap().claim_window(), c.claim_window());
+        assert_eq!(c.isolation(), Duration::from_secs(4));
+        assert_eq!(c.reach(), Duration::from_secs(2));
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub struct Fence {
     me: DeviceId,
     highest_epoch: Epoch,
     current: Option<Term>,
+    paused: bool,
 }
 
 /// The answer of [`Fence::check`].
@@ -66,7 +67,16 @@ impl Fence {
     /// A fence for device `me` that has seen `highest_epoch` and currently follows or leads
     /// `current` (whose epoch, when present, is `highest_epoch`).
     pub const fn new(me: DeviceId, highest_epoch: Epoch, current: Option<Term>) -> Self {
-        Self { me, highest_epoch, current }
+        Self { me, highest_epoch, current, paused: false }
+    }
+
+    /// The same fence for a leader that is paused (`true`: it heard no other member for
+    /// [`Config::isolation`](crate::Config::isolation)): [`Fence::can_sequence`] is `None`
+    /// while paused; checking messages is unchanged.
+    #[must_use]
+    pub const fn with_paused(mut self, paused: bool) -> Self {
+        self.paused = paused;
+        self
     }
 
     /// Accept or refuse a message stamped with `theirs`.
@@ -90,9 +100,18 @@ impl Fence {
         }
     }
 
-    /// The term to stamp sequenced entries with, if this device leads; `None` otherwise.
+    /// The term to stamp sequenced entries with, if this device leads and is not paused;
+    /// `None` otherwise.
     pub fn can_sequence(&self) -> Option<Term> {
+        if self.paused {
+            return None;
+        }
         self.current.filter(|term| term.leader == self.me)
+    }
+
+    /// Whether this device leads but is paused (it heard no other member for a while).
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     /// The highest epoch this device has seen.
@@ -126,6 +145,15 @@ mod tests {
         assert!(matches!(fence.check(t(5, A)), Verdict::RefuseStale { .. }));
         assert_eq!(fence.check(t(5, C)), Verdict::NewerTerm { theirs: t(5, C) });
         assert_eq!(fence.check(t(6, A)), Verdict::NewerTerm { theirs: t(6, A) });
+    }
+
+    #[test]
+    fn a_paused_leader_may_not_sequence_but_still_accepts_its_term() {
+        let fence = Fence::new(B, Epoch(5), Some(t(5, B))).with_paused(true);
+        assert!(fence.is_paused());
+        assert_eq!(fence.can_sequence(), None);
+        assert_eq!(fence.check(t(5, B)), Verdict::Accept);
+        assert_eq!(fence.with_paused(false).can_sequence(), Some(t(5, B)));
     }
 
     #[test]

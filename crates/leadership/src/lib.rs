@@ -27,7 +27,8 @@
 //!    that joins, or restarts, starts as a follower that knows no leader.
 //! 2. **Heartbeats and lease.** The leader sends a heartbeat to every member every `H`. A
 //!    follower holds the leader's lease for `L` after each heartbeat it hears.
-//! 3. **Election.** When its lease lapses, a member stands for `max_epoch + 1` (the highest
+//! 3. **Election.** When its lease lapses, a member that can reach another member (it heard
+//!    one within `R = min(2H, L - H)`, see rule 9) stands for `max_epoch + 1` (the highest
 //!    epoch it has seen, plus one). A member that hears a claim for an epoch above its own
 //!    joins that election: it stands too if its own rank is better, and defers otherwise.
 //!    Rank = most caught-up [`Position`] first, then the highest [`DeviceId`]. A candidate that
@@ -50,6 +51,22 @@
 //! 8. **Membership.** Messages from non-members are ignored; a non-member never claims or leads;
 //!    removing the followed leader from the member list counts as losing it (an election starts
 //!    at once).
+//! 9. **Diverge only when unavoidable.** Every member that does not lead announces its
+//!    presence ([`Message::Presence`]) to every other member every `H`.
+//!    * A follower whose lease lapses while it heard no other member within `R` does **not**
+//!      claim: alone, it could only start a second history. The next member it hears gives it
+//!      a fresh lease, so a returning device never deposes a healthy leader.
+//!    * A leader that heard no other member for `I = L - H` ([`Config::isolation`]) **pauses**
+//!      ([`Change::Pause`]): it keeps its term and heartbeats, but sequences nothing
+//!      ([`Fence::can_sequence`] is `None`; its writes wait in its outbox). `I < L`, so it has
+//!      paused before the others' leases lapse. It **resumes** ([`Change::Resume`]) when it hears
+//!      a member that does not follow a higher term; a member that does deposes it instead.
+//!    * A library with **one member** is led by it (no lease to wait for, never paused).
+//!
+//!    So a partition that isolates one device (a laptop on a train) never lets two devices
+//!    sequence at once; only two sides with two or more devices each can diverge. What a
+//!    leader sequenced in the `I` before it noticed that it was cut off reached nobody and can
+//!    still be discarded and re-submitted by the log layer; nothing is lost.
 //!
 //! Without a quorum (personal devices), two sides of a partition can both elect, even at the
 //! same epoch number; they hold different [`Term`]s `(epoch, device)`, and fencing compares
@@ -76,15 +93,19 @@
 //! ```
 //! use leadership::{Action, Config, DeviceId, Epoch, Input, Leadership, Message, Start, Term, Time};
 //!
-//! let (a, b) = (DeviceId::from_u128(1), DeviceId::from_u128(2));
-//! let (mut follower, _) = Leadership::start(Config::default(), b, [a, b], Start::Join, Time::ZERO);
+//! let (a, b, c) = (DeviceId::from_u128(1), DeviceId::from_u128(2), DeviceId::from_u128(3));
+//! let (mut follower, _) =
+//!     Leadership::start(Config::default(), b, [a, b, c], Start::Join, Time::ZERO);
 //! let heartbeat = Message::Heartbeat { term: Term::new(Epoch(1), a), position: Default::default() };
 //! follower.handle(Time::from_millis(10), Input::Received { from: a, message: heartbeat });
 //! assert_eq!(follower.status().leader, Some(Term::new(Epoch(1), a)));
 //!
-//! // Nothing heard for a lease: b stands for epoch 2 — after saving it.
+//! // The leader is silent for a lease, but c is still heard: b stands for epoch 2 — after
+//! // saving it.
+//! let presence = Message::Presence { device: c, epoch: Epoch(1), leader: None };
+//! follower.handle(Time::from_millis(4_500), Input::Received { from: c, message: presence });
 //! let actions = follower.handle(Time::from_millis(5_010), Input::Tick);
-//! assert!(matches!(&actions[0], Action::Persist(r) if r.max_epoch == Epoch(2)));
+//! assert!(actions.iter().any(|a| matches!(a, Action::Persist(r) if r.max_epoch == Epoch(2))));
 //! ```
 #![deny(missing_docs)]
 

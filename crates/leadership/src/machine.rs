@@ -1,6 +1,6 @@
 //! The leadership state machine: pure, deterministic, no I/O, no clock.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::{debug, info, trace, warn};
 
@@ -40,12 +40,17 @@ pub struct Status {
     pub position: Position,
     /// Whether it is a member of the library (non-members never claim or lead).
     pub member: bool,
+    /// Whether it leads but is paused: it heard no other member for
+    /// [`Config::isolation`], so it sequences nothing until it hears one.
+    pub paused: bool,
+    /// When it last heard any other member (`None`: never, since it started).
+    pub last_heard: Option<Time>,
 }
 
 impl Status {
     /// The fence matching this status.
     pub fn fence(&self) -> Fence {
-        Fence::new(self.me, self.max_epoch, self.leader)
+        Fence::new(self.me, self.max_epoch, self.leader).with_paused(self.paused)
     }
 
     /// The term to stamp sequenced entries with, if this device leads.
@@ -76,8 +81,9 @@ enum Role {
     Follower { leader: Option<Term>, awaiting: Option<DeviceId>, lease_until: Time },
     /// Always for `max_epoch`.
     Candidate { epoch: Epoch, stage: Stage },
-    /// Always of `max_epoch`; `epoch` was saved before the role was taken.
-    Leader { epoch: Epoch, next_heartbeat: Time },
+    /// Always of `max_epoch`; `epoch` was saved before the role was taken. `paused`: no
+    /// other member heard for [`Config::isolation`]; nothing is sequenced.
+    Leader { epoch: Epoch, next_heartbeat: Time, paused: bool },
 }
 
 /// The leadership state machine of one device.
@@ -121,6 +127,16 @@ pub struct Leadership {
     /// Re-emit the record at the end of this step (the save is overdue).
     retry_save: bool,
     role: Role,
+    /// When each other member was last heard from (any message from it).
+    heard: BTreeMap<DeviceId, Time>,
+    /// A leader's silence is counted from here at the earliest (taking the lead, a change of
+    /// membership): a grace of one isolation time.
+    quiet_base: Time,
+    /// When a non-leader next announces its presence.
+    next_presence: Time,
+    /// Its lease lapsed while it heard no other member, so it did not claim: the next member
+    /// it hears gives it a fresh lease (a leader gets one lease to show up).
+    stranded: bool,
 }
 
 impl Leadership {
@@ -151,6 +167,10 @@ impl Leadership {
                 awaiting: None,
                 lease_until: now + config.lease(),
             },
+            heard: BTreeMap::new(),
+            quiet_base: now,
+            next_presence: now + config.heartbeat(),
+            stranded: false,
         };
         let mut out = Vec::new();
         match start {
@@ -175,6 +195,7 @@ impl Leadership {
                     "restarted as a follower: waiting one lease for a leader");
             }
         }
+        machine.on_timers(now, &mut out);
         machine.finish(now, &mut out);
         (machine, out)
     }
@@ -208,10 +229,15 @@ impl Leadership {
     pub fn next_wakeup(&self) -> Option<Time> {
         let retry = self.unsaved_since.map(|since| since + self.config.heartbeat());
         let role = match self.role {
-            Role::Follower { lease_until, .. } => self.is_member().then_some(lease_until),
+            Role::Follower { lease_until, .. } => self.is_member().then(|| {
+                if self.has_others() { lease_until.min(self.next_presence) } else { lease_until }
+            }),
             Role::Candidate { stage: Stage::Persisting { deadline, .. }, .. } => Some(deadline),
             Role::Candidate { stage: Stage::Claiming { window_end }, .. } => Some(window_end),
-            Role::Leader { next_heartbeat, .. } => Some(next_heartbeat),
+            Role::Leader { next_heartbeat, paused: false, .. } => {
+                Some(self.pause_deadline().map_or(next_heartbeat, |p| p.min(next_heartbeat)))
+            }
+            Role::Leader { next_heartbeat, paused: true, .. } => Some(next_heartbeat),
         };
         match (role, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -221,6 +247,7 @@ impl Leadership {
 
     /// What this device knows about leadership now.
     pub fn status(&self) -> Status {
+        let paused = matches!(self.role, Role::Leader { paused: true, .. });
         let (role, leader) = match self.role {
             Role::Follower { leader, .. } => (RoleKind::Follower, leader),
             Role::Candidate { .. } => (RoleKind::Candidate, None),
@@ -234,6 +261,8 @@ impl Leadership {
             durable_epoch: self.durable_epoch,
             position: self.position,
             member: self.is_member(),
+            paused,
+            last_heard: self.last_heard(),
         }
     }
 
@@ -259,6 +288,42 @@ impl Leadership {
 
     fn is_member(&self) -> bool {
         self.members.contains(&self.me)
+    }
+
+    /// Whether the library has members besides this device.
+    fn has_others(&self) -> bool {
+        self.members.iter().any(|&m| m != self.me)
+    }
+
+    /// When any other member was last heard.
+    fn last_heard(&self) -> Option<Time> {
+        self.heard
+            .iter()
+            .filter(|(d, _)| **d != self.me && self.members.contains(d))
+            .map(|(_, t)| *t)
+            .max()
+    }
+
+    /// Whether some other member was heard during the `span` before `now`.
+    fn heard_within(&self, now: Time, span: std::time::Duration) -> bool {
+        self.last_heard().is_some_and(|t| now < t + span)
+    }
+
+    /// When a leader that hears nobody pauses (`None`: it is the only member).
+    fn pause_deadline(&self) -> Option<Time> {
+        if !self.has_others() {
+            return None;
+        }
+        let base = self.last_heard().map_or(self.quiet_base, |t| t.max(self.quiet_base));
+        Some(base + self.config.isolation())
+    }
+
+    fn presence(&self) -> Message {
+        let leader = match self.role {
+            Role::Follower { leader, .. } => leader,
+            _ => None,
+        };
+        Message::Presence { device: self.me, epoch: self.max_epoch, leader }
     }
 
     fn rank(&self) -> Rank {
@@ -346,6 +411,8 @@ impl Leadership {
             debug!(device = %self.me, %from, "ignoring a message from a non-member");
             return;
         }
+        let was_stranded = std::mem::take(&mut self.stranded);
+        self.heard.insert(from, now);
         match message {
             Message::Heartbeat { term, .. } => {
                 trace!(device = %self.me, %term, "heartbeat");
@@ -354,6 +421,63 @@ impl Leadership {
             Message::Claim { epoch, device, position } => {
                 self.on_claim(now, epoch, Rank { position, device }, out)
             }
+            Message::Presence { epoch, leader, .. } => self.on_presence(now, epoch, leader, out),
+        }
+        match self.role {
+            // Back in touch after a silence: give a leader one lease to show up before
+            // standing, so a returning device never deposes a healthy leader.
+            Role::Follower { leader, awaiting, lease_until } if was_stranded => {
+                let lease_until = lease_until.max(now + self.config.lease());
+                self.role = Role::Follower { leader, awaiting, lease_until };
+            }
+            // A member that does not follow a higher term is reachable: sequence again.
+            Role::Leader { epoch, next_heartbeat, paused: true } => {
+                let term = Term::new(epoch, self.me);
+                info!(device = %self.me, %term, %from, "heard a member again: resuming sequencing");
+                self.role = Role::Leader { epoch, next_heartbeat, paused: false };
+                out.push(Action::Change(Change::Resume { term }));
+            }
+            _ => {}
+        }
+    }
+
+    /// A member's presence: proof that it is reachable, and what it has seen.
+    fn on_presence(
+        &mut self,
+        now: Time,
+        epoch: Epoch,
+        leader: Option<Term>,
+        out: &mut Vec<Action>,
+    ) {
+        match leader {
+            // It follows a term: that term was led (a device follows only a leader it heard).
+            // (The term already known is no news: a fellow follower must not renew the lease
+            // of a leader that may be gone.)
+            Some(term)
+                if term.epoch == epoch
+                    && term.epoch >= self.max_epoch
+                    && Some(term) != self.status().leader
+                    && term.leader != self.me
+                    && self.members.contains(&term.leader) =>
+            {
+                self.on_leader_seen(now, term, out);
+            }
+            _ if epoch > self.max_epoch => {
+                // An election this device has not heard of: whatever it leads is over.
+                debug!(device = %self.me, %epoch, "a member has seen a higher epoch");
+                self.step_down(None, StepDownReason::Election(epoch), out);
+                self.raise_epoch(epoch);
+                if !matches!(self.role, Role::Follower { .. }) {
+                    self.role = Role::Follower {
+                        leader: None,
+                        awaiting: None,
+                        lease_until: now + self.config.lease(),
+                    };
+                } else if let Role::Follower { leader: Some(_), lease_until, .. } = self.role {
+                    self.role = Role::Follower { leader: None, awaiting: None, lease_until };
+                }
+            }
+            _ => {}
         }
     }
 
@@ -469,7 +593,9 @@ impl Leadership {
         }
         let term = Term::new(epoch, self.me);
         info!(device = %self.me, %term, "became leader");
-        self.role = Role::Leader { epoch, next_heartbeat: now + self.config.heartbeat() };
+        self.role =
+            Role::Leader { epoch, next_heartbeat: now + self.config.heartbeat(), paused: false };
+        self.quiet_base = now;
         self.last_leader = Some(term);
         out.push(Action::Change(Change::BecomeLeader { term }));
         self.broadcast(self.heartbeat(epoch), out);
@@ -480,9 +606,39 @@ impl Leadership {
             warn!(device = %self.me, "leadership record not saved after a heartbeat interval: saving again");
             self.retry_save = true;
         }
+        if matches!(self.role, Role::Follower { .. })
+            && self.is_member()
+            && self.has_others()
+            && now >= self.next_presence
+        {
+            let mut next = self.next_presence + self.config.heartbeat();
+            if next <= now {
+                next = now + self.config.heartbeat();
+            }
+            self.next_presence = next;
+            self.broadcast(self.presence(), out);
+        }
         match self.role {
             Role::Follower { leader, lease_until, .. }
-                if now >= lease_until && self.is_member() =>
+                if self.is_member()
+                    && now >= lease_until
+                    && self.has_others()
+                    && !self.heard_within(now, self.config.reach()) =>
+            {
+                // Nobody else is reachable: claiming would only start a second history.
+                // Wait (a returning device gets a fresh lease when it hears someone).
+                if !self.stranded {
+                    info!(device = %self.me, ?leader, "lease lapsed but no other member heard for a lease: not claiming");
+                }
+                self.stranded = true;
+                self.role = Role::Follower {
+                    leader: None,
+                    awaiting: None,
+                    lease_until: now + self.config.lease(),
+                };
+            }
+            Role::Follower { leader, lease_until, .. }
+                if self.is_member() && (now >= lease_until || !self.has_others()) =>
             {
                 let Some(next) = self.max_epoch.0.checked_add(1) else {
                     // The epoch space is exhausted (a peer announced `u64::MAX`, or a record
@@ -518,21 +674,40 @@ impl Leadership {
                 self.become_leader(now, epoch, out)
             }
             Role::Candidate { .. } => {}
-            Role::Leader { epoch, next_heartbeat } if now >= next_heartbeat => {
-                let mut next = next_heartbeat + self.config.heartbeat();
-                if next <= now {
-                    next = now + self.config.heartbeat();
+            Role::Leader { epoch, next_heartbeat, paused } => {
+                let mut next_heartbeat = next_heartbeat;
+                if now >= next_heartbeat {
+                    next_heartbeat = next_heartbeat + self.config.heartbeat();
+                    if next_heartbeat <= now {
+                        next_heartbeat = now + self.config.heartbeat();
+                    }
+                    self.broadcast(self.heartbeat(epoch), out);
                 }
-                self.role = Role::Leader { epoch, next_heartbeat: next };
-                self.broadcast(self.heartbeat(epoch), out);
+                let term = Term::new(epoch, self.me);
+                let silent = self.pause_deadline().is_some_and(|at| now >= at);
+                let paused = match (paused, silent) {
+                    (false, true) => {
+                        warn!(device = %self.me, %term, "heard no other member: pausing sequencing");
+                        out.push(Action::Change(Change::Pause { term }));
+                        true
+                    }
+                    (true, false) if !self.has_others() => {
+                        info!(device = %self.me, %term, "the only member: resuming sequencing");
+                        out.push(Action::Change(Change::Resume { term }));
+                        false
+                    }
+                    (p, _) => p,
+                };
+                self.role = Role::Leader { epoch, next_heartbeat, paused };
             }
-            Role::Leader { .. } => {}
         }
     }
 
     fn on_membership(&mut self, now: Time, members: BTreeSet<DeviceId>, out: &mut Vec<Action>) {
         let was_member = self.is_member();
         self.members = members;
+        self.heard.retain(|d, _| self.members.contains(d));
+        self.quiet_base = now;
         if !self.is_member() {
             if was_member {
                 info!(device = %self.me, "no longer a member: leaving leadership");

@@ -13,6 +13,7 @@ use crate::types::{DeviceId, Epoch, Position, Term};
 /// ([`Input::Received::from`]); the machine drops a message whose claimed sender is not that
 /// peer, and every message from a device outside the membership.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Message {
     /// "I lead `term` and have applied up to `position`." Sent by a leader every `H`, and at
     /// once in reply to a peer that is behind.
@@ -32,6 +33,19 @@ pub enum Message {
         /// How far the candidate has applied the log.
         position: Position,
     },
+    /// "I am here, I have seen `epoch`, and I follow `leader`." Sent by every member that does
+    /// not lead, to every other member, every `H`. It is how a leader knows it is not alone
+    /// (a leader that hears no member pauses, see [`Change::Pause`]) and how followers know
+    /// that someone else is reachable (a device that heard no other member for a lease does
+    /// not claim).
+    Presence {
+        /// The sender.
+        device: DeviceId,
+        /// The highest epoch the sender has seen.
+        epoch: Epoch,
+        /// The term the sender follows, if any.
+        leader: Option<Term>,
+    },
 }
 
 impl Message {
@@ -39,7 +53,7 @@ impl Message {
     pub fn sender(&self) -> DeviceId {
         match self {
             Self::Heartbeat { term, .. } => term.leader,
-            Self::Claim { device, .. } => *device,
+            Self::Claim { device, .. } | Self::Presence { device, .. } => *device,
         }
     }
 
@@ -47,7 +61,7 @@ impl Message {
     pub fn epoch(&self) -> Epoch {
         match self {
             Self::Heartbeat { term, .. } => term.epoch,
-            Self::Claim { epoch, .. } => *epoch,
+            Self::Claim { epoch, .. } | Self::Presence { epoch, .. } => *epoch,
         }
     }
 }
@@ -117,6 +131,7 @@ pub enum Action {
 
 /// A change of role the service must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Change {
     /// This device now leads `term`: it may sequence, stamping entries with `term`. Its epoch
     /// was saved before this change was emitted.
@@ -129,6 +144,20 @@ pub enum Change {
     /// This device follows `term`: forward the outbox to `term.leader` and accept its pushes.
     Follow {
         /// The term followed.
+        term: Term,
+    },
+    /// This device still leads `term` but has heard no other member for
+    /// [`Config::isolation`](crate::Config::isolation): stop sequencing (local writes wait in
+    /// the outbox) until [`Change::Resume`]. The term is kept: a leader that was only briefly
+    /// cut off goes on without an election, and one that the others replaced in the meantime
+    /// steps down when it hears them, having sequenced nothing they lack.
+    Pause {
+        /// The term this device leads.
+        term: Term,
+    },
+    /// A paused leader heard a member that does not follow a higher term: sequence again.
+    Resume {
+        /// The term this device leads.
         term: Term,
     },
 }

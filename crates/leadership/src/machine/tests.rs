@@ -59,14 +59,43 @@ fn persisted(actions: &[Action]) -> Option<PersistedLeadership> {
     })
 }
 
+/// Messages sent, presence announcements left out.
 fn sent(actions: &[Action]) -> Vec<(DeviceId, Message)> {
     actions
         .iter()
         .filter_map(|a| match a {
+            Action::Send { message: Message::Presence { .. }, .. } => None,
             Action::Send { to, message } => Some((*to, *message)),
             _ => None,
         })
         .collect()
+}
+
+/// The actions without presence announcements.
+fn quiet(actions: Vec<Action>) -> Vec<Action> {
+    actions
+        .into_iter()
+        .filter(|a| !matches!(a, Action::Send { message: Message::Presence { .. }, .. }))
+        .collect()
+}
+
+/// A presence announcement from `from`, which has seen `epoch` and follows `leader`.
+fn presence(from: DeviceId, epoch: u64, leader: Option<Term>) -> Input {
+    Input::Received {
+        from,
+        message: Message::Presence { device: from, epoch: Epoch(epoch), leader },
+    }
+}
+
+/// `m` hears `from` (a presence that tells it nothing new).
+fn hear(m: &mut Leadership, now: Time, from: DeviceId) {
+    let epoch = m.status().max_epoch.0;
+    m.handle(now, presence(from, epoch, None));
+}
+
+/// Some member other than `me`.
+fn other(me: DeviceId) -> DeviceId {
+    if me == A { B } else { A }
 }
 
 fn joined(me: DeviceId) -> Leadership {
@@ -78,6 +107,8 @@ fn leader_at(me: DeviceId, epoch: u64) -> (Leadership, Time) {
     let record = PersistedLeadership { max_epoch: Epoch(epoch - 1), last_leader: None };
     let (mut m, _) =
         Leadership::start(Config::default(), me, [A, B, C], Start::Resume(record), ms(0));
+    hear(&mut m, ms(0), other(me));
+    hear(&mut m, ms(4_000), other(me));
     let mut now = ms(5_000);
     m.handle(now, Input::Tick);
     m.handle(now, Input::Persisted(m.record()));
@@ -118,10 +149,12 @@ fn leader_heartbeats_every_interval() {
     let mut now = start;
     for _ in 0..10 {
         now = m.next_wakeup().unwrap();
-        beats += sent(&m.handle(now, Input::Tick)).len();
+        // A follower's presence is heard now and then, so the leader never pauses.
+        beats += sent(&m.handle(now, presence(A, 3, Some(term(3, B))))).len();
     }
     assert_eq!(beats, 20, "one heartbeat to each of two peers per interval");
     assert_eq!(now, start + Duration::from_secs(10));
+    assert_eq!(m.status().can_sequence(), Some(term(3, B)));
 }
 
 #[test]
@@ -132,9 +165,11 @@ fn a_lapsed_lease_starts_an_election_that_claims_only_after_saving() {
     ack(&mut m, ms(10));
     // Renewed by each heartbeat: no election at 5.01 s.
     m.handle(ms(3_000), heartbeat(4, A));
-    assert!(m.handle(ms(5_010), Input::Tick).is_empty());
-    assert_eq!(m.next_wakeup(), Some(ms(8_000)));
-    let actions = m.handle(ms(8_000), Input::Tick);
+    assert!(quiet(m.handle(ms(5_010), Input::Tick)).is_empty());
+    // C is heard (its presence): B is not alone, so the lapsed lease is worth an election.
+    hear(&mut m, ms(7_000), C);
+    assert!(quiet(m.handle(ms(7_999), Input::Tick)).is_empty(), "the lease runs to 8 s");
+    let actions = quiet(m.handle(ms(8_000), Input::Tick));
     assert_eq!(
         actions,
         vec![Action::Persist(PersistedLeadership {
@@ -157,6 +192,8 @@ fn a_lapsed_lease_starts_an_election_that_claims_only_after_saving() {
 #[test]
 fn a_failed_save_gives_the_candidacy_up_and_never_leads() {
     let mut m = joined(C);
+    hear(&mut m, ms(0), A);
+    hear(&mut m, ms(4_000), A);
     m.handle(ms(5_000), Input::Tick);
     assert_eq!(m.status().role, RoleKind::Candidate);
     // No acknowledgement: after H the candidacy is given up, without a claim or a leader.
@@ -166,6 +203,8 @@ fn a_failed_save_gives_the_candidacy_up_and_never_leads() {
     // A late acknowledgement does not revive it.
     assert!(changes(&m.handle(ms(6_001), Input::Persisted(m.record()))).is_empty());
     // The next attempt, a lease later, uses a new epoch.
+    hear(&mut m, ms(8_000), A);
+    hear(&mut m, ms(10_000), A);
     let actions = m.handle(ms(11_000), Input::Tick);
     assert_eq!(persisted(&actions).map(|r| r.max_epoch), Some(Epoch(2)));
 }
@@ -176,11 +215,11 @@ fn an_unacknowledged_save_is_asked_for_again() {
     let actions = m.handle(ms(10), heartbeat(2, A));
     let first = persisted(&actions).unwrap();
     // No acknowledgement: one heartbeat interval later the same record is saved again.
-    assert_eq!(m.next_wakeup(), Some(ms(1_010)));
+    assert!(quiet(m.handle(ms(1_000), Input::Tick)).is_empty(), "not before H");
     let actions = m.handle(ms(1_010), Input::Tick);
-    assert_eq!(actions, vec![Action::Persist(first)]);
+    assert_eq!(quiet(actions), vec![Action::Persist(first)]);
     ack(&mut m, ms(1_020));
-    assert_eq!(m.next_wakeup(), Some(ms(5_010)), "only the lease is left");
+    assert!(m.handle(ms(2_500), Input::Tick).iter().all(|a| !matches!(a, Action::Persist(_))));
 }
 
 #[test]
@@ -188,7 +227,7 @@ fn a_restarted_leader_comes_back_as_a_follower_and_never_reuses_its_epoch() {
     let record = PersistedLeadership { max_epoch: Epoch(7), last_leader: Some(term(7, C)) };
     let (mut m, actions) =
         Leadership::start(Config::default(), C, [A, B, C], Start::Resume(record), ms(0));
-    assert!(actions.is_empty(), "nothing changed, nothing to save");
+    assert!(actions.is_empty(), "nothing changed, nothing to save, nothing sent yet");
     let status = m.status();
     assert_eq!(status.role, RoleKind::Follower);
     assert_eq!(status.leader, None);
@@ -196,8 +235,8 @@ fn a_restarted_leader_comes_back_as_a_follower_and_never_reuses_its_epoch() {
     assert_eq!(status.durable_epoch, Epoch(7));
     // A claim for its old epoch is stale; its own next claim is for epoch 8.
     assert!(m.handle(ms(10), claim(7, A, 100)).is_empty());
-    assert_eq!(m.next_wakeup(), Some(ms(5_000)));
-    let actions = m.handle(ms(5_000), Input::Tick);
+    hear(&mut m, ms(4_000), A);
+    let actions = m.handle(ms(5_010), Input::Tick);
     assert_eq!(persisted(&actions).map(|r| r.max_epoch), Some(Epoch(8)));
 }
 
@@ -335,6 +374,7 @@ fn non_members_and_spoofed_senders_are_ignored() {
 fn removing_the_leader_starts_an_election_at_once() {
     let mut m = joined(B);
     m.handle(ms(10), heartbeat(2, A));
+    hear(&mut m, ms(15), C);
     let actions = m.handle(ms(20), Input::Membership([B, C].into()));
     assert_eq!(persisted(&actions).map(|r| r.max_epoch), Some(Epoch(3)));
     assert_eq!(m.status().role, RoleKind::Candidate);
@@ -353,7 +393,7 @@ fn a_removed_leader_steps_down_and_never_stands() {
         Change::StepDown(StepDown { reason: StepDownReason::Removed, .. })
     ));
     assert_eq!(m.next_wakeup(), None);
-    assert!(m.handle(now + Duration::from_secs(60), Input::Tick).is_empty());
+    assert!(m.handle(now + Duration::from_secs(60), Input::Tick).is_empty(), "not even presence");
     assert!(sent(&m.handle(now, claim(9, A, 0))).is_empty());
     assert_eq!(m.status().role, RoleKind::Follower);
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use leadership::{
     Action, Change, Config, DeviceId, Epoch, Input, Leadership, LeadershipStore, MemoryStore,
-    Message, Position, RoleKind, Start, Term, Time,
+    Message, Position, Start, Term, Time,
 };
 
 /// SplitMix64: tiny, seedable, and stable forever (unlike a library RNG's stream).
@@ -145,6 +145,9 @@ pub struct Sim {
     calm_since: Option<Time>,
     converged_at: Option<Time>,
     pub messages_sent: u64,
+    /// The first time two devices could sequence at once, and which (any two leaders that
+    /// are not paused: the only way two histories start).
+    pub first_overlap: Option<(Time, Vec<usize>)>,
 }
 
 impl Sim {
@@ -181,6 +184,7 @@ impl Sim {
             calm_since: None,
             converged_at: None,
             messages_sent: 0,
+            first_overlap: None,
         };
         for i in 0..n {
             let start = if i == 0 { Start::Create } else { Start::Join };
@@ -349,6 +353,7 @@ impl Sim {
             };
             self.now = at;
             self.dispatch(event);
+            self.check_sequencers();
             self.check_coexistence();
             self.check_convergence();
             if stop(self) {
@@ -404,7 +409,7 @@ impl Sim {
                 self.nodes[node].wake_at = None;
                 if self.cfg.advance_positions
                     && let Some(m) = self.nodes[node].machine.as_ref()
-                    && m.status().role == RoleKind::Leader
+                    && m.status().can_sequence().is_some()
                 {
                     let next = m.status().position.0 + 1;
                     self.set_position(node, next);
@@ -504,7 +509,7 @@ impl Sim {
                 self.nodes[i].leading = Some((*term, self.now));
             }
             Change::StepDown(_) => self.nodes[i].leading = None,
-            Change::Follow { .. } => {}
+            _ => {}
         }
         self.changes.push(Seen { at: self.now, node: i, change });
     }
@@ -525,11 +530,30 @@ impl Sim {
         };
         let deposed = match message {
             Message::Heartbeat { term, .. } => term > ours,
-            Message::Claim { epoch, .. } => epoch > ours.epoch,
+            Message::Claim { epoch, .. } | Message::Presence { epoch, .. } => epoch > ours.epoch,
+            _ => false,
         };
         if deposed {
             self.violation(format!("node {i} still leads {ours} after hearing {message:?}"));
         }
+    }
+
+    /// Records the first moment at which two devices may sequence at once.
+    fn check_sequencers(&mut self) {
+        if self.first_overlap.is_some() {
+            return;
+        }
+        let sequencing: Vec<usize> = (0..self.cfg.nodes)
+            .filter(|&i| self.status(i).is_some_and(|s| s.can_sequence().is_some()))
+            .collect();
+        if sequencing.len() > 1 {
+            self.first_overlap = Some((self.now, sequencing));
+        }
+    }
+
+    /// How many role changes of this kind node `i` announced.
+    pub fn count_changes(&self, i: usize, pred: impl Fn(&Change) -> bool) -> usize {
+        self.changes.iter().filter(|s| s.node == i && pred(&s.change)).count()
     }
 
     /// Two leaders that can hear each other coexist for at most one heartbeat and a delay.
