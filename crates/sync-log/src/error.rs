@@ -41,6 +41,15 @@ pub enum Error {
         /// What was found.
         detail: String,
     },
+    /// The file is an SQLite database of something else (a library database at a swapped
+    /// path, say): it holds tables a sync log never has. The file was not modified.
+    #[error("{path}: not a sync log but another database (it holds tables {tables:?})")]
+    NotASyncLog {
+        /// The file.
+        path: PathBuf,
+        /// The tables that a sync log does not have.
+        tables: Vec<String>,
+    },
     /// `open` was asked for a file that does not exist.
     #[error("{0}: no sync log here")]
     Missing(PathBuf),
@@ -62,13 +71,14 @@ pub enum Error {
         /// Theirs.
         theirs: Checksum,
     },
-    /// An origin key already in the log arrived with a different change: the origin device
-    /// reused a key. Nothing of the batch was written.
+    /// An origin key already in the log, or earlier in the same batch, arrived with a
+    /// different change: the origin device reused a key. Nothing of the batch was written.
     #[error("origin key {origin:?} is already sequenced at seq {seq} with a different change")]
     OriginConflict {
         /// The reused key.
         origin: crate::OriginKey,
-        /// Where the log holds the original change.
+        /// Where the log holds the original change (for a repeat inside one batch: the seq the
+        /// batch planned for its first occurrence, which was not written either).
         seq: Seq,
     },
     /// The range asked for was pruned; the caller needs a snapshot.

@@ -96,8 +96,13 @@ u64_newtype!(
     Epoch
 );
 
-/// A hybrid logical clock reading: 48 bits of physical milliseconds since the Unix epoch and a
+/// A hybrid logical clock reading: 47 bits of physical milliseconds since the Unix epoch and a
 /// 16-bit logical counter, packed so that the natural `u64` order is the clock order.
+///
+/// The top bit is always zero: every valid reading ([`Hlc::is_valid`], at most [`Hlc::MAX`])
+/// fits in SQLite's signed 64-bit integer column with the same order. 2^47 ms reach the year
+/// 6429. A `Hlc(u64)` built by hand above [`Hlc::MAX`] is out of range; the sync log refuses to
+/// sequence a change that carries one.
 ///
 /// The device that made the reading is carried beside it (in [`Stamp`] and [`Change`]), so the
 /// packed value stays one sortable integer column.
@@ -109,6 +114,8 @@ u64_newtype!(
 /// assert!(a < b);
 /// assert_eq!(b.millis(), 1_700_000_000_000);
 /// assert_eq!(b.counter(), 1);
+/// assert!(b.is_valid() && Hlc::MAX.is_valid() && !Hlc(u64::MAX).is_valid());
+/// assert_eq!(Hlc::new(u64::MAX, 7).millis(), Hlc::MAX_MILLIS, "new clamps the time");
 /// ```
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -119,12 +126,25 @@ pub struct Hlc(pub u64);
 impl Hlc {
     /// Bits used by the logical counter.
     pub const COUNTER_BITS: u32 = 16;
-    /// Largest physical time representable (milliseconds).
-    pub const MAX_MILLIS: u64 = (1 << (64 - Self::COUNTER_BITS)) - 1;
+    /// Largest physical time representable (milliseconds): 2^47 - 1, so that every packed
+    /// reading is below 2^63 and fits a signed 64-bit column.
+    pub const MAX_MILLIS: u64 = (1 << (63 - Self::COUNTER_BITS)) - 1;
+    /// The largest valid reading: [`Hlc::MAX_MILLIS`] with the largest counter (2^63 - 1).
+    pub const MAX: Self = Self((Self::MAX_MILLIS << Self::COUNTER_BITS) | 0xFFFF);
 
-    /// Packs a physical time (clamped to [`Hlc::MAX_MILLIS`]) and a counter.
+    /// Packs a physical time and a counter.
+    ///
+    /// A time past [`Hlc::MAX_MILLIS`] is clamped to it (silently: a caller that must not
+    /// stamp a clamped reading checks the time first, or compares the result's
+    /// [`millis`](Hlc::millis)). The result is always valid.
     pub fn new(millis: u64, counter: u16) -> Self {
         Self((millis.min(Self::MAX_MILLIS) << Self::COUNTER_BITS) | u64::from(counter))
+    }
+
+    /// Whether this reading is in range (at most [`Hlc::MAX`]); every reading made by
+    /// [`Hlc::new`] is.
+    pub fn is_valid(self) -> bool {
+        self <= Self::MAX
     }
 
     /// Physical milliseconds since the Unix epoch.
@@ -139,25 +159,47 @@ impl Hlc {
     }
 }
 
-/// The last-writer-wins stamp of a record version: compared as `(version, hlc, device)`,
-/// the larger stamp wins.
+/// The last-writer-wins stamp of a record version: compared as `(hlc, device, version)`, the
+/// larger stamp wins.
+///
+/// Recency first: the hybrid logical clock respects causality (a device that has seen a change
+/// stamps its next edit higher), so a later edit wins whatever the number of edits before it.
+/// The device breaks ties between equal clocks; `version` (the record's edit counter) is only
+/// the last tie-break, so that the order is total and consistent with `Eq`.
 ///
 /// ```
 /// use sync_log::{DeviceId, Hlc, Stamp};
 /// let d1 = DeviceId(uuid::Uuid::from_u128(1));
 /// let d2 = DeviceId(uuid::Uuid::from_u128(2));
-/// let a = Stamp { version: 2, hlc: Hlc::new(10, 0), device: d1 };
-/// let b = Stamp { version: 1, hlc: Hlc::new(99, 0), device: d2 };
-/// assert!(a > b, "a higher version wins whatever the clock says");
+/// // Five offline edits on Monday…
+/// let monday = Stamp { version: 5, hlc: Hlc::new(10, 0), device: d2 };
+/// // …lose to one rename on Tuesday.
+/// let tuesday = Stamp { version: 1, hlc: Hlc::new(99, 0), device: d1 };
+/// assert!(tuesday > monday, "a later hlc wins over a higher version");
+/// // Equal clocks: the larger device wins.
+/// let same_time = Stamp { version: 9, hlc: Hlc::new(99, 0), device: d2 };
+/// assert!(same_time > tuesday);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Stamp {
-    /// Per-record version, bumped by every write.
+    /// Per-record version, bumped by every write: an edit counter, the last tie-break only.
     pub version: u64,
-    /// Hybrid logical clock of the write.
+    /// Hybrid logical clock of the write: the first key.
     pub hlc: Hlc,
-    /// Device that made the write.
+    /// Device that made the write: the second key.
     pub device: DeviceId,
+}
+
+impl Ord for Stamp {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.hlc, self.device, self.version).cmp(&(other.hlc, other.device, other.version))
+    }
+}
+
+impl PartialOrd for Stamp {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// What a change does to its record.
@@ -167,7 +209,11 @@ pub enum ChangeType {
     Insert,
     /// A new version of an existing record.
     Update,
-    /// A tombstone: the record is deleted and must never come back to life.
+    /// A tombstone: the record is deleted.
+    ///
+    /// The one delete rule: a tombstone is a change like any other, ordered by its [`Stamp`].
+    /// A change stamped before the tombstone never revives the record; an edit stamped after a
+    /// concurrent delete does (and is a conflict the service records).
     Delete,
     /// One entry describing a bulk operation whose rows travel as a stream.
     Bulk,

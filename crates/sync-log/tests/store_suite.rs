@@ -329,7 +329,7 @@ fn bad_files_give_clear_errors() {
         c.batch_execute("CREATE TABLE t (x INTEGER)").unwrap();
     }
     let err = SyncLogStore::open(&other, library).unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(matches!(err, Error::NotASyncLog { .. }), "{err}");
 
     // A truncated log.
     let path = dir.path().join("sync.db");
