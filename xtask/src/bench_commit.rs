@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use library_models as _;
 use library_models::{LibraryModel, Tag};
 use sync_log::{
-    Change, ChangeType, Checksum, DeviceId, Epoch, Hlc, LogEntry, OriginKey, Seq, Stamp,
+    Change, ChangeType, Checksum, DeviceId, Epoch, Hlc, LibraryId, LogEntry, OriginKey, Seq,
+    Stamp, SyncLogStore,
 };
 use syncable::Syncable;
 use txn_manager::{Config, Library, Op};
@@ -28,7 +29,8 @@ const ROUNDS: usize = 3;
 
 fn library(dir: &Path, name: &str) -> anyhow::Result<Library> {
     let registry = syncable::Registry::from_inventory()?;
-    Ok(Library::open(&dir.join(name), DeviceId::new_v7(), registry, Config::default())?)
+    let mut log = SyncLogStore::in_memory(LibraryId::new_v7())?;
+    Ok(Library::open(&dir.join(name), &mut log, DeviceId::new_v7(), registry, Config::default())?)
 }
 
 fn tags(n: usize) -> Vec<Tag> {

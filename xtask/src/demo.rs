@@ -91,9 +91,9 @@ fn write_path(dir: &std::path::Path) -> anyhow::Result<()> {
     let open = |name: &str, device: DeviceId| -> anyhow::Result<(Library, SyncLogStore)> {
         let registry = syncable::Registry::from_inventory()?;
         registry.require(library_models::REFERENCE_MODELS)?;
-        let lib =
-            Library::open(&dir.join(format!("{name}.db")), device, registry, Config::default())?;
-        let log = SyncLogStore::create(&dir.join(format!("{name}-log.db")), library)?;
+        let mut log = SyncLogStore::create(&dir.join(format!("{name}-log.db")), library)?;
+        let path = dir.join(format!("{name}.db"));
+        let lib = Library::open(&path, &mut log, device, registry, Config::default())?;
         Ok((lib, log))
     };
     let (mut laptop, mut laptop_log) = open("laptop", DeviceId::new_v7())?;

@@ -39,8 +39,12 @@ pub fn open_library(path: &Path) -> Result<SqliteConnection, Error> {
         .ok_or_else(|| Error::InvalidArgument(format!("{}: path is not UTF-8", path.display())))?;
     let mut conn = SqliteConnection::establish(url)
         .map_err(|e| Error::Open { path: path.to_owned(), detail: e.to_string() })?;
-    conn.batch_execute(PRAGMAS).map_err(|e| open_err(path, e))?;
+    // The checks come first: `journal_mode = WAL` rewrites the file header, and a file that is
+    // not ours must be left exactly as it was.
+    conn.batch_execute(&format!("PRAGMA busy_timeout = {BUSY_TIMEOUT_MS};"))
+        .map_err(|e| open_err(path, e))?;
     check_version(&mut conn, path)?;
+    conn.batch_execute(PRAGMAS).map_err(|e| open_err(path, e))?;
     conn.run_pending_migrations(MIGRATIONS)
         .map_err(|e| Error::Migration { path: path.to_owned(), detail: e.to_string() })?;
     Ok(conn)
@@ -65,11 +69,10 @@ fn check_version(conn: &mut SqliteConnection, path: &Path) -> Result<(), Error> 
             Err(Error::NewerSchema { path: path.to_owned(), file, supported: SCHEMA_VERSION })
         }
         Some(_) => Ok(()),
-        None if user_table_count(conn)? > 0
-            && !table_exists(conn, "__diesel_schema_migrations")? =>
-        {
-            Err(Error::NotALibrary { path: path.to_owned() })
-        }
+        // No `library_meta`: an empty file, or one whose creation stopped before the first
+        // migration committed (diesel's bookkeeping table alone). Any other table means another
+        // kind of database — a sync log at a swapped path, say — which must not be migrated.
+        None if foreign_table_count(conn)? > 0 => Err(Error::NotALibrary { path: path.to_owned() }),
         None => Ok(()),
     }
 }
@@ -89,9 +92,11 @@ fn table_exists(conn: &mut SqliteConnection, name: &str) -> Result<bool, Error> 
     Ok(c.n > 0)
 }
 
-fn user_table_count(conn: &mut SqliteConnection) -> Result<i64, Error> {
+/// Tables other than SQLite's own and diesel's migration bookkeeping.
+fn foreign_table_count(conn: &mut SqliteConnection) -> Result<i64, Error> {
     let c: Count = diesel::sql_query(
-        "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' \
+         AND name NOT LIKE 'sqlite_%' AND name <> '__diesel_schema_migrations'",
     )
     .get_result(conn)?;
     Ok(c.n)

@@ -17,10 +17,17 @@
 //! `version`, `hlc`, `device_id` (last writer) and `tombstone`. Applying a change
 //! ([`syncable::Syncable::apply`]) is ONE `INSERT … ON CONFLICT DO UPDATE … WHERE` statement:
 //! the row becomes the change's payload (with the change's stamp, and `tombstone` set for a
-//! delete) when the change's `(version, hlc, device)` is larger than the stored one. The row is
-//! a pure function of the winning change, so any order of the same changes, with duplicates,
-//! gives identical tables. A delete is a tombstone that keeps its stamp; a concurrent update
-//! with a larger stamp wins over it (pure LWW, as the design notes require).
+//! delete) when the change's stamp is larger than the stored one, compared as `(hlc, device,
+//! version)`: **recency wins** (five offline edits on Monday do not beat one rename on
+//! Tuesday); `version`, the record's edit counter, only breaks a tie. The row is a pure
+//! function of the winning change, so any order of the same changes, with duplicates, gives
+//! identical tables.
+//!
+//! **Deletes** follow the same rule — a delete is a tombstone, a change like any other that
+//! keeps its stamp: a change stamped before the tombstone never revives the record (it loses);
+//! an edit stamped after a concurrent delete does (it wins, and the tombstone is overwritten —
+//! a conflict the sync service records). Locally, a deleted record cannot be edited again
+//! (except revivable links): only a device that had not yet seen the delete can revive it.
 //!
 //! ## The missing-parent rule
 //!
@@ -66,7 +73,8 @@ pub use db::{BUSY_TIMEOUT_MS, PRAGMAS, SCHEMA_VERSION, open_library, schema_vers
 pub use hash::{ContentHash, REFERENCE_MODELS, content_hash};
 pub use id::Id;
 pub use local::{
-    LocalState, OutboxRow, PendingRow, ResubmitRow, leadership_state, set_leadership_state,
+    LocalState, OutboxRow, PendingRow, ResubmitRow, leadership_state, library_id,
+    set_leadership_state, set_library_id,
 };
 pub use model::LibraryModel;
 pub use models::{Collection, Device, Entry, Location, Tag, UserMetadata, UserMetadataTag};

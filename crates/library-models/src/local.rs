@@ -5,7 +5,7 @@
 
 use diesel::prelude::*;
 
-use crate::schema::{device, local_state, outbox, pending_entries, resubmit};
+use crate::schema::{device, library_meta, local_state, outbox, pending_entries, resubmit};
 use crate::{Error, Id};
 
 /// The one row of `local_state`.
@@ -184,4 +184,30 @@ pub fn set_leadership_state(
         .set(device::sync_leadership.eq(state))
         .execute(conn)?;
     if n == 0 { Err(Error::NoDeviceRow(device)) } else { Ok(()) }
+}
+
+/// The library this database belongs to (`library_meta.library_id`), or `None` when it was
+/// never bound (a new database, or one written before databases were bound to a library).
+pub fn library_id(conn: &mut SqliteConnection) -> Result<Option<uuid::Uuid>, Error> {
+    let value: Option<String> = library_meta::table
+        .find("library_id")
+        .select(library_meta::value)
+        .first(conn)
+        .optional()?;
+    value
+        .map(|v| {
+            uuid::Uuid::parse_str(&v)
+                .map_err(|_| Error::InvalidArgument(format!("library_meta.library_id {v:?}")))
+        })
+        .transpose()
+}
+
+/// Binds the database to `library` (`library_meta.library_id`). The write path does this once,
+/// in the transaction that creates the device's local state, and refuses a log of any other
+/// library afterwards.
+pub fn set_library_id(conn: &mut SqliteConnection, library: uuid::Uuid) -> Result<(), Error> {
+    diesel::replace_into(library_meta::table)
+        .values((library_meta::key.eq("library_id"), library_meta::value.eq(library.to_string())))
+        .execute(conn)?;
+    Ok(())
 }

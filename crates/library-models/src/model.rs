@@ -12,7 +12,8 @@ use crate::Id;
 ///
 /// Every implementation stores the five sync columns `uuid`, `version`, `hlc`, `device_id`,
 /// `tombstone`, and its [`syncable::Syncable::apply`] is the last-writer-wins merge: the row
-/// becomes the payload of the change with the larger `(version, hlc, device)` stamp.
+/// becomes the payload of the change with the larger stamp, compared as `(hlc, device,
+/// version)` — the most recent write wins ([`sync_log::Stamp`]).
 pub trait LibraryModel: syncable::Syncable + Clone + Send + std::fmt::Debug {
     /// Whether a deleted record may be written again locally. Only links are (re-adding a
     /// removed tag to the same metadata is a new version of the same link record).
@@ -30,8 +31,11 @@ pub trait LibraryModel: syncable::Syncable + Clone + Send + std::fmt::Debug {
     /// The stored record, if any.
     fn load(conn: &mut SqliteConnection, uuid: Id) -> QueryResult<Option<Self>>;
 
-    /// The stored `(version, tombstone)`, if any: a cheap primary-key lookup.
-    fn stored_version(conn: &mut SqliteConnection, uuid: Id) -> QueryResult<Option<(u64, bool)>>;
+    /// The stored `(version, hlc, tombstone)`, if any: a cheap primary-key lookup.
+    fn stored_version(
+        conn: &mut SqliteConnection,
+        uuid: Id,
+    ) -> QueryResult<Option<(u64, sync_log::Hlc, bool)>>;
 
     /// Writes the record unconditionally (insert or replace every synced column). The caller
     /// has made its stamp larger than the stored one.
@@ -39,6 +43,9 @@ pub trait LibraryModel: syncable::Syncable + Clone + Send + std::fmt::Debug {
 
     /// Inserts new records with plain multi-row `INSERT`s (fails if one exists).
     fn insert_all(conn: &mut SqliteConnection, records: &[Self]) -> QueryResult<usize>;
+
+    /// Which of `ids` have a row (tombstones included), in no particular order.
+    fn existing(conn: &mut SqliteConnection, ids: &[Id]) -> QueryResult<Vec<Id>>;
 
     /// Up to `limit` records with an id greater than `after`, in id order (tombstones
     /// included): the canonical order of the content hash.
@@ -82,10 +89,20 @@ where
     Ok(record)
 }
 
-/// Defines a reference model: the struct (synced columns only), its [`LibraryModel`] and
-/// [`syncable::Syncable`] impls with the LWW apply, and its registration.
-/// `INSERT … ON CONFLICT (uuid) DO UPDATE SET` every column to the new row's value: the one
-/// upsert shape of a model table (apply filters it by stamp; a local write uses it as is).
+/// The SQL condition "the incoming row's stamp is larger than the stored one" for `table` in an
+/// `ON CONFLICT DO UPDATE … WHERE`: the one statement of the merge rule, `(hlc, device,
+/// version)` compared as a row value (SQLite compares the device BLOBs bytewise, which is the
+/// UUID order). Recency first: `version` (the edit counter) only breaks a tie of `(hlc,
+/// device)`, which one device never produces for two different writes.
+pub(crate) fn stamp_is_larger(table: &str) -> String {
+    format!(
+        "(excluded.hlc, excluded.device_id, excluded.version) > \
+         ({table}.hlc, {table}.device_id, {table}.version)"
+    )
+}
+
+/// `INSERT … ON CONFLICT (uuid) DO UPDATE SET` every column to the new row's value: the upsert
+/// of a local write, whose stamp the write path has just made larger than the stored one.
 macro_rules! overwrite_on_conflict {
     ($t:ident, $table:ident, $record:expr, $($field:ident),*) => {
         diesel::insert_into($t::$table)
@@ -102,6 +119,8 @@ macro_rules! overwrite_on_conflict {
     };
 }
 
+/// Defines a reference model: the struct (synced columns only), its [`LibraryModel`] and
+/// [`syncable::Syncable`] impls with the LWW apply, and its registration.
 macro_rules! library_model {
     (
         $(#[$doc:meta])*
@@ -165,24 +184,12 @@ macro_rules! library_model {
             ) -> Result<syncable::Applied, syncable::Error> {
                 use crate::schema::$table::dsl as t;
                 use diesel::prelude::*;
-                use diesel::upsert::excluded;
                 if change.change == sync_log::ChangeType::Bulk {
                     // A bulk entry describes rows that travel in a stream; it writes nothing.
                     return Ok(syncable::Applied::Duplicate);
                 }
                 let record: $name = crate::model::record_from_change(change)?;
-                // One statement: insert, or overwrite only if the new stamp is larger.
-                let upsert = overwrite_on_conflict!(t, $table, &record, $($field),*);
-                let written = diesel::query_dsl::methods::FilterDsl::filter(
-                    upsert,
-                        excluded(t::version).gt(t::version).or(excluded(t::version)
-                            .eq(t::version)
-                            .and(excluded(t::hlc).gt(t::hlc).or(excluded(t::hlc)
-                                .eq(t::hlc)
-                                .and(excluded(t::device_id).gt(t::device_id))))),
-                    )
-                .execute(conn)?;
-                if written > 0 {
+                if Self::merge_rows(conn, std::slice::from_ref(&record))? > 0 {
                     return Ok(syncable::Applied::Won);
                 }
                 // Not written: the stored stamp is equal (a duplicate) or larger.
@@ -196,12 +203,11 @@ macro_rules! library_model {
                     Ok(syncable::Applied::Lost)
                 }
             }
+
             fn apply_batch(
                 conn: &mut diesel::SqliteConnection,
                 changes: &[&sync_log::Change],
             ) -> Result<syncable::BatchApplied, syncable::Error> {
-                use crate::schema::$table::dsl as t;
-                use diesel::prelude::*;
                 let mut rows: Vec<$name> = Vec::with_capacity(changes.len());
                 let mut rejected = Vec::new();
                 let mut bulk = 0u64;
@@ -215,13 +221,30 @@ macro_rules! library_model {
                         Err(e) => rejected.push((i, e)),
                     }
                 }
-                // Multi-row upsert: SQLite processes the rows in order, so a record that
-                // appears twice in one batch is merged exactly as by two statements. Diesel's
-                // DSL has no batch upsert with a WHERE for SQLite, hence the SQL text; every
-                // value is still a bound parameter.
-                let mut written = 0u64;
+                let written = Self::merge_rows(conn, &rows)? as u64;
+                let unchanged = (rows.len() as u64 + bulk).saturating_sub(written);
+                Ok(syncable::BatchApplied::new(written, unchanged, rejected))
+            }
+        }
+
+        impl $name {
+            /// THE last-writer-wins merge of this table, used by both `apply` and
+            /// `apply_batch`: a multi-row `INSERT … ON CONFLICT (uuid) DO UPDATE SET <every
+            /// synced column> WHERE <the new stamp is larger>`. The stamp order is
+            /// `(hlc, device_id, version)` — recency first ([`sync_log::Stamp`]). SQLite
+            /// processes the rows in order, so a record that appears twice in one call is
+            /// merged exactly as by two statements. Diesel's DSL has no batch upsert with a
+            /// WHERE for SQLite, hence the SQL text; every value is a bound parameter.
+            /// Returns the rows written.
+            fn merge_rows(
+                conn: &mut diesel::SqliteConnection,
+                rows: &[$name],
+            ) -> diesel::QueryResult<usize> {
+                use crate::schema::$table::dsl as t;
+                use diesel::prelude::*;
+                let cols = ["uuid", $( stringify!($field), )* "version", "hlc", "device_id", "tombstone"];
+                let mut written = 0;
                 for chunk in rows.chunks(crate::model::INSERT_CHUNK) {
-                    let cols = ["uuid", $( stringify!($field), )* "version", "hlc", "device_id", "tombstone"];
                     let mut sql = format!(
                         "INSERT INTO {} ({}) VALUES ",
                         stringify!($table),
@@ -234,8 +257,8 @@ macro_rules! library_model {
                         &cols[1..].iter().map(|c| format!("{c} = excluded.{c}")).collect::<Vec<_>>().join(", "),
                     );
                     sql.push_str(&format!(
-                        " WHERE (excluded.version, excluded.hlc, excluded.device_id) > ({0}.version, {0}.hlc, {0}.device_id)",
-                        stringify!($table)
+                        " WHERE {}",
+                        crate::model::stamp_is_larger(stringify!($table))
                     ));
                     let mut q = diesel::sql_query(sql).into_boxed::<diesel::sqlite::Sqlite>();
                     for r in chunk {
@@ -246,10 +269,9 @@ macro_rules! library_model {
                         q = q.bind::<diesel::sql_types::Binary, _>(&r.device_id);
                         q = q.bind::<diesel::sql_types::Bool, _>(r.tombstone);
                     }
-                    written += q.execute(conn)? as u64;
+                    written += q.execute(conn)?;
                 }
-                let unchanged = (rows.len() as u64 + bulk).saturating_sub(written);
-                Ok(syncable::BatchApplied::new(written, unchanged, rejected))
+                Ok(written)
             }
         }
 
@@ -287,12 +309,15 @@ macro_rules! library_model {
             fn stored_version(
                 conn: &mut diesel::SqliteConnection,
                 uuid: crate::Id,
-            ) -> diesel::QueryResult<Option<(u64, bool)>> {
+            ) -> diesel::QueryResult<Option<(u64, sync_log::Hlc, bool)>> {
                 use crate::schema::$table::dsl as t;
                 use diesel::prelude::*;
-                let v: Option<(i64, bool)> =
-                    t::$table.find(uuid).select((t::version, t::tombstone)).first(conn).optional()?;
-                Ok(v.map(|(v, d)| (v as u64, d)))
+                let v: Option<(i64, i64, bool)> = t::$table
+                    .find(uuid)
+                    .select((t::version, t::hlc, t::tombstone))
+                    .first(conn)
+                    .optional()?;
+                Ok(v.map(|(v, h, d)| (v as u64, sync_log::Hlc(h as u64), d)))
             }
 
             fn write(conn: &mut diesel::SqliteConnection, record: &Self) -> diesel::QueryResult<()> {
@@ -313,6 +338,21 @@ macro_rules! library_model {
                     n += diesel::insert_into(crate::schema::$table::table).values(chunk).execute(conn)?;
                 }
                 Ok(n)
+            }
+
+            fn existing(
+                conn: &mut diesel::SqliteConnection,
+                ids: &[crate::Id],
+            ) -> diesel::QueryResult<Vec<crate::Id>> {
+                use crate::schema::$table::dsl as t;
+                use diesel::prelude::*;
+                let mut found = Vec::new();
+                for chunk in ids.chunks(crate::model::INSERT_CHUNK) {
+                    found.extend(
+                        t::$table.filter(t::uuid.eq_any(chunk)).select(t::uuid).load::<crate::Id>(conn)?,
+                    );
+                }
+                Ok(found)
             }
 
             fn page(

@@ -1,6 +1,6 @@
 //! The crate's one error type.
 
-use sync_log::{DeviceId, Seq};
+use sync_log::{DeviceId, Hlc, LibraryId, Seq};
 use uuid::Uuid;
 
 /// Everything that can go wrong on the write path.
@@ -69,6 +69,26 @@ pub enum Error {
         expected: DeviceId,
         /// The device recorded in it.
         found: DeviceId,
+    },
+    /// The library database belongs to another library than the sync log it was given: the
+    /// two files do not go together (a swapped path, another library's log). Nothing was read
+    /// from the log or written to the database.
+    #[error("library database belongs to library {database}, the sync log to library {log}")]
+    ForeignLog {
+        /// The library the database is bound to.
+        database: LibraryId,
+        /// The library of the sync log offered.
+        log: LibraryId,
+    },
+    /// The clock cannot give a reading that is larger than the last one and that every device
+    /// accepts: the physical clock reads beyond [`Hlc::MAX_MILLIS`] (the year 6429 — a broken
+    /// clock), or the clock is exhausted at its maximum. Nothing was written.
+    #[error("clock out of range: physical clock {millis} ms, last reading {last:?}")]
+    ClockOutOfRange {
+        /// The physical clock's reading (ms since the Unix epoch).
+        millis: u64,
+        /// The last HLC reading handed out or observed.
+        last: Hlc,
     },
     /// A stored value is out of range (e.g. a counter above 2^63).
     #[error("invalid state: {0}")]

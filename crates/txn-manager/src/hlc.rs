@@ -7,6 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sync_log::Hlc;
 
+use crate::Error;
+
 /// Default bound on how far a peer's stamp may be ahead of our physical clock: 10 minutes.
 pub const DEFAULT_MAX_DRIFT_MS: u64 = 10 * 60 * 1_000;
 
@@ -99,11 +101,12 @@ pub enum Observed {
 /// use txn_manager::{HybridClock, ManualClock, Observed};
 /// let clock = Arc::new(ManualClock::new(1_000));
 /// let mut hlc = HybridClock::new(clock.clone(), Hlc::default(), 60_000);
-/// let a = hlc.now();
-/// let b = hlc.now(); // same millisecond: the counter moves
+/// let a = hlc.now()?;
+/// let b = hlc.now()?; // same millisecond: the counter moves
 /// assert!(b > a);
 /// assert!(matches!(hlc.observe(Hlc::new(1_000 + 3_600_000, 0)), Observed::Clamped { .. }));
 /// assert_eq!(hlc.last().millis(), 61_000);
+/// # Ok::<(), txn_manager::Error>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct HybridClock {
@@ -119,18 +122,31 @@ impl HybridClock {
     }
 
     /// A new reading, strictly greater than every earlier one.
-    pub fn now(&mut self) -> Hlc {
-        let pt = self.clock.now_millis().min(Hlc::MAX_MILLIS);
-        let next = if pt > self.last.millis() {
-            Hlc::new(pt, 0)
+    ///
+    /// Fails with [`Error::ClockOutOfRange`] rather than hand out a reading that is not larger
+    /// than the last one or that no device would accept: the physical clock reads beyond
+    /// [`Hlc::MAX_MILLIS`] (a broken clock), or the clock has reached [`Hlc::MAX_MILLIS`] and
+    /// its counter is exhausted. Every reading it returns fits in a signed 64-bit column.
+    pub fn now(&mut self) -> Result<Hlc, Error> {
+        let physical = self.clock.now_millis();
+        if physical > Hlc::MAX_MILLIS {
+            return Err(Error::ClockOutOfRange { millis: physical, last: self.last });
+        }
+        let next = if physical > self.last.millis() {
+            Hlc::new(physical, 0)
         } else if self.last.counter() < u16::MAX {
             Hlc(self.last.0 + 1)
-        } else {
+        } else if self.last.millis() < Hlc::MAX_MILLIS {
             // Counter exhausted within one millisecond: borrow the next millisecond.
             Hlc::new(self.last.millis() + 1, 0)
+        } else {
+            return Err(Error::ClockOutOfRange { millis: physical, last: self.last });
         };
+        if next <= self.last || i64::try_from(next.0).is_err() {
+            return Err(Error::ClockOutOfRange { millis: physical, last: self.last });
+        }
         self.last = next;
-        next
+        Ok(next)
     }
 
     /// Merges a peer's reading (see the drift rule in the type docs).
@@ -159,6 +175,7 @@ impl HybridClock {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn clock_at(millis: u64) -> (Arc<ManualClock>, HybridClock) {
@@ -172,18 +189,22 @@ mod tests {
     #[test]
     fn readings_strictly_increase_whatever_the_physical_clock_does() {
         let (clock, mut hlc) = clock_at(5_000);
-        let mut last = hlc.now();
+        let mut last = hlc.now().unwrap();
         assert_eq!(last, Hlc::new(5_000, 0));
         for step in [0i64, 0, 3, -2_000, 0, 1, -1, 10_000, -10_000] {
             let now = clock.now_millis();
             clock.set(now.saturating_add_signed(step));
-            let next = hlc.now();
+            let next = hlc.now().unwrap();
             assert!(next > last, "{next:?} after {last:?} (step {step})");
             last = next;
         }
         assert_eq!(hlc.last(), last);
         clock.set(100_000);
-        assert_eq!(hlc.now(), Hlc::new(100_000, 0), "a later physical time resets the counter");
+        assert_eq!(
+            hlc.now().unwrap(),
+            Hlc::new(100_000, 0),
+            "a later physical time resets the counter"
+        );
     }
 
     /// More than 65,536 readings in one physical millisecond: when the 16-bit counter is
@@ -194,20 +215,20 @@ mod tests {
         let clock = Arc::new(ManualClock::new(1_000));
         let mut hlc =
             HybridClock::new(clock.clone(), Hlc::new(1_000, u16::MAX - 1), DEFAULT_MAX_DRIFT_MS);
-        assert_eq!(hlc.now(), Hlc::new(1_000, u16::MAX));
-        assert_eq!(hlc.now(), Hlc::new(1_001, 0), "counter exhausted: next millisecond");
-        assert_eq!(hlc.now(), Hlc::new(1_001, 1));
+        assert_eq!(hlc.now().unwrap(), Hlc::new(1_000, u16::MAX));
+        assert_eq!(hlc.now().unwrap(), Hlc::new(1_001, 0), "counter exhausted: next millisecond");
+        assert_eq!(hlc.now().unwrap(), Hlc::new(1_001, 1));
 
         // A frozen physical clock and 3 × 65,536 readings: every one larger than the last.
         let mut last = hlc.last();
         for _ in 0..3 * 65_536 {
-            let next = hlc.now();
+            let next = hlc.now().unwrap();
             assert!(next > last);
             last = next;
         }
         assert_eq!(last.millis(), 1_004, "three more milliseconds borrowed");
         clock.set(1_004);
-        assert!(hlc.now() > last, "physical time equal to the borrowed millisecond");
+        assert!(hlc.now().unwrap() > last, "physical time equal to the borrowed millisecond");
     }
 
     /// Observing a peer's reading that is ahead of ours but within the maximum drift merges
@@ -215,10 +236,10 @@ mod tests {
     #[test]
     fn observe_within_drift_merges() {
         let (_clock, mut hlc) = clock_at(10_000);
-        let ours = hlc.now();
+        let ours = hlc.now().unwrap();
         let remote = Hlc::new(10_000 + DEFAULT_MAX_DRIFT_MS, 42);
         assert_eq!(hlc.observe(remote), Observed::Merged);
-        assert!(hlc.now() > remote);
+        assert!(hlc.now().unwrap() > remote);
 
         let before = hlc.last();
         assert_eq!(hlc.observe(ours), Observed::Merged);
@@ -240,7 +261,7 @@ mod tests {
             "one millisecond past the limit is clamped"
         );
         assert_eq!(hlc.last(), Hlc::new(limit, 0));
-        let next = hlc.now();
+        let next = hlc.now().unwrap();
         assert!(next < remote && next.millis() == limit, "{next:?}");
 
         // Far in the future (a peer with a broken clock): still only to now + drift.
@@ -254,7 +275,7 @@ mod tests {
         let (_clock, mut fresh) = clock_at(now);
         let at_limit = Hlc::new(limit, 9);
         assert_eq!(fresh.observe(at_limit), Observed::Merged);
-        assert!(fresh.now() > at_limit);
+        assert!(fresh.now().unwrap() > at_limit);
     }
 
     /// The drift bound is configurable: with a 1-second bound a peer 2 seconds ahead is

@@ -43,8 +43,8 @@
 //!   refuses ([`Error::RewindPending`]) and [`Library::catch_up`], [`Library::receive`] and
 //!   [`Library::sequence`] first redo (1) (idempotent) then (2) and (3)
 //!   ([`Library::finish_rewind`]), so the untruncated suffix is never applied again and the
-//!   rewind is never forgotten. [`Library::open`] has no log at hand and only loads the target;
-//!   start-up calls `catch_up`, which finishes it.
+//!   rewind is never forgotten. [`Library::open`] only loads the target (and clears it
+//!   when the log is already shorter); start-up calls `catch_up`, which finishes it.
 //! - **Re-submission:** [`Library::resubmit`] lists the stored changes in log order for the
 //!   caller to forward to the leader (idempotent by origin key); a row is deleted in the
 //!   transaction that applies its origin key from the global log (skipped while the table is
@@ -67,6 +67,7 @@ mod leadership_store;
 mod library;
 mod manager;
 mod op;
+mod outbox;
 
 pub use error::Error;
 pub use hlc::{Clock, DEFAULT_MAX_DRIFT_MS, HybridClock, ManualClock, Observed, SystemClock};

@@ -7,11 +7,12 @@ use diesel::prelude::*;
 use library_models::schema::{local_state, outbox, pending_entries, resubmit};
 use library_models::{Id, LibraryModel, LocalState, OutboxRow, PendingRow, ResubmitRow};
 use serde::{Deserialize, Serialize};
-use sync_log::{Change, ChangeType, DeviceId, Epoch, Hlc, LogEntry, Seq, SyncLogStore};
+use sync_log::{Change, ChangeType, DeviceId, Epoch, Hlc, LibraryId, LogEntry, Seq, SyncLogStore};
 use syncable::{Applied, Registry};
 use tokio::sync::broadcast;
 
 use crate::op::StampCtx;
+use crate::outbox::{OwnEntries, rekey};
 use crate::{Clock, DEFAULT_MAX_DRIFT_MS, Error, HybridClock, Op, SystemClock};
 
 /// Entries read from the sync log and applied per library transaction.
@@ -60,7 +61,12 @@ pub enum Event {
     },
 }
 
-/// Describes a bulk operation whose rows travel outside the log (see [`Library::log_bulk`]).
+/// Describes a bulk operation whose rows travel outside the log (see [`Library::log_bulk`] and
+/// [`Library::bulk_write`]).
+///
+/// The rows of one description are identified by their stamps: every row of `model` written
+/// by the entry's origin device with an HLC in `first_hlc..=last_hlc` (rows edited since carry
+/// a later stamp and travel through the log as ordinary changes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BulkDescription {
     /// Model of the rows.
@@ -69,8 +75,12 @@ pub struct BulkDescription {
     pub description: String,
     /// Number of rows.
     pub count: u64,
-    /// blake3 over the rows' payloads in write order.
+    /// blake3 over the rows' payloads in write order (each length-prefixed, 8 bytes LE).
     pub content_hash: [u8; 32],
+    /// HLC of the first row written.
+    pub first_hlc: Hlc,
+    /// HLC of the last row written.
+    pub last_hlc: Hlc,
 }
 
 /// What one [`Library::apply_entries`] call did.
@@ -86,6 +96,9 @@ pub struct ApplyReport {
     pub bulk: u64,
     /// Entries at or below the applied seq (skipped).
     pub skipped: u64,
+    /// Outbox rows re-keyed because the log holds another change under one of their origin
+    /// keys (see [`Library::open`]).
+    pub rekeyed: u64,
 }
 
 impl ApplyReport {
@@ -95,6 +108,7 @@ impl ApplyReport {
         self.kept += other.kept;
         self.bulk += other.bulk;
         self.skipped += other.skipped;
+        self.rekeyed += other.rekeyed;
     }
 }
 
@@ -133,6 +147,7 @@ fn from_db(v: i64) -> u64 {
 ///   the winner does not share and re-submit every change in it.
 pub struct Library {
     conn: SqliteConnection,
+    library: LibraryId,
     device: DeviceId,
     registry: Registry,
     hlc: HybridClock,
@@ -148,6 +163,7 @@ pub struct Library {
 impl std::fmt::Debug for Library {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Library")
+            .field("library", &self.library)
             .field("device", &self.device)
             .field("origin_seq", &self.origin_seq)
             .field("applied_seq", &self.applied_seq)
@@ -159,18 +175,34 @@ impl std::fmt::Debug for Library {
 
 impl Library {
     /// Opens (creating and migrating if needed) the library database at `path` for `device`,
-    /// then re-applies kept entries whose model `registry` now knows.
+    /// bound to the library of `log` — this device's own sync log, which is always at hand
+    /// because both files live on the device — then reconciles the two and re-applies kept
+    /// entries whose model `registry` now knows.
     ///
-    /// A rewind interrupted by a crash ([`Library::pending_rewind`]) is not finished here (the
-    /// sync log is not at hand): the first [`Library::catch_up`], [`Library::receive`] or
-    /// [`Library::sequence`] finishes it, and [`Library::apply_entries`] refuses until then.
+    /// - **Binding:** a new database records `log.library()`; a database of another library
+    ///   is [`Error::ForeignLog`], one of another device [`Error::WrongDevice`], and nothing
+    ///   is written.
+    /// - **Origin keys are never reused:** the origin counter moves past the highest origin
+    ///   seq of this device that the log holds (or pruned), so a database restored from a
+    ///   backup or re-created hands out fresh keys even before any catch-up. Outbox rows
+    ///   written under keys the log holds with *other* changes are re-keyed (see the
+    ///   `outbox` rules in the crate docs); rows the log holds unchanged stay and are removed
+    ///   by the next apply.
+    /// - **A database ahead of its log** (the log restored from an older backup): the applied
+    ///   seq drops to the log's head, so the entries the log will hold at those seqs are
+    ///   applied, not skipped; a warning says so.
+    ///
+    /// A rewind interrupted by a crash ([`Library::pending_rewind`]) is finished by the first
+    /// [`Library::catch_up`], [`Library::receive`] or [`Library::sequence`], and
+    /// [`Library::apply_entries`] refuses until then.
     ///
     /// ```
     /// use library_models as _;
     /// use txn_manager::{Config, Library, Op};
     /// let registry = syncable::Registry::from_inventory()?;
     /// let device = sync_log::DeviceId::new_v7();
-    /// let mut lib = Library::open(":memory:".as_ref(), device, registry, Config::default())?;
+    /// let mut log = sync_log::SyncLogStore::in_memory(sync_log::LibraryId::new_v7())?;
+    /// let mut lib = Library::open(":memory:".as_ref(), &mut log, device, registry, Config::default())?;
     /// let changes = lib.commit(vec![Op::put(library_models::Tag::new("a".into(), None))])?;
     /// assert_eq!(changes[0].origin.seq, 1);
     /// assert_eq!(lib.outbox(10)?.len(), 1);
@@ -178,41 +210,59 @@ impl Library {
     /// ```
     pub fn open(
         path: &Path,
+        log: &mut SyncLogStore,
         device: DeviceId,
         registry: Registry,
         config: Config,
     ) -> Result<Self, Error> {
+        let library = log.library();
         let mut conn = library_models::open_library(path)?;
-        let state: Option<LocalState> = local_state::table
-            .find(1)
-            .select(LocalState::as_select())
-            .first(&mut conn)
-            .optional()?;
-        let state = match state {
-            Some(s) if s.device_id.0 != device.0 => {
-                return Err(Error::WrongDevice {
-                    expected: device,
-                    found: DeviceId(s.device_id.0),
-                });
+        let state = conn.immediate_transaction(|conn| {
+            let bound = library_models::library_id(conn)?.map(LibraryId);
+            if let Some(database) = bound.filter(|b| *b != library) {
+                return Err(Error::ForeignLog { database, log: library });
             }
-            Some(s) => s,
-            None => {
-                let s = LocalState {
-                    id: 1,
-                    device_id: Id(device.0),
-                    applied_seq: 0,
-                    origin_seq: 0,
-                    hlc: 0,
-                    rewind_to: None,
-                };
-                diesel::insert_into(local_state::table).values(&s).execute(&mut conn)?;
-                s
+            let state: Option<LocalState> = local_state::table
+                .find(1)
+                .select(LocalState::as_select())
+                .first(conn)
+                .optional()?;
+            let state = match state {
+                Some(s) if s.device_id.0 != device.0 => {
+                    return Err(Error::WrongDevice {
+                        expected: device,
+                        found: DeviceId(s.device_id.0),
+                    });
+                }
+                Some(s) => {
+                    if bound.is_none() {
+                        tracing::warn!(%library, "library database had no library id: bound now");
+                    }
+                    s
+                }
+                None => {
+                    let s = LocalState {
+                        id: 1,
+                        device_id: Id(device.0),
+                        applied_seq: 0,
+                        origin_seq: 0,
+                        hlc: 0,
+                        rewind_to: None,
+                    };
+                    diesel::insert_into(local_state::table).values(&s).execute(conn)?;
+                    s
+                }
+            };
+            if bound.is_none() {
+                library_models::set_library_id(conn, library.0)?;
             }
-        };
+            Ok(state)
+        })?;
         let resubmit_rows: i64 = resubmit::table.count().get_result(&mut conn)?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let mut lib = Self {
             conn,
+            library,
             device,
             registry,
             hlc: HybridClock::new(config.clock, Hlc(from_db(state.hlc)), config.max_drift_ms),
@@ -222,11 +272,125 @@ impl Library {
             resubmit_rows: from_db(resubmit_rows),
             events,
         };
+        lib.reconcile(log)?;
         let retried = lib.retry_pending()?;
         if retried.kept > 0 {
             tracing::info!(kept = retried.kept, "log entries still kept for a newer build");
         }
         Ok(lib)
+    }
+
+    /// Makes the database agree with its log at open (see [`Library::open`]): the origin
+    /// counter past every own key of the log, outbox rows under taken keys re-keyed, the
+    /// applied seq not above the log's head. One transaction, and only when something is off.
+    fn reconcile(&mut self, log: &mut SyncLogStore) -> Result<(), Error> {
+        let head = log.head().seq;
+        let ahead = self.applied_seq > head;
+        let max_own = log.max_origin_seq(self.device)?.unwrap_or(0);
+        // Rows with a key the log may hold: normally only rows a crash left between the log's
+        // append and the library's apply (the log holds them unchanged).
+        let suspects: Vec<OutboxRow> = outbox::table
+            .filter(outbox::first_origin_seq.le(to_db(max_own.min(i64::MAX as u64))))
+            .order(outbox::last_origin_seq.asc())
+            .select(OutboxRow::as_select())
+            .load(&mut self.conn)?;
+        let mut taken = Vec::new();
+        for row in suspects {
+            let changes = row.decode()?;
+            let mut same = true;
+            for change in &changes {
+                if !log_holds(log, change)? {
+                    same = false;
+                    break;
+                }
+            }
+            if !same {
+                taken.push((from_db(row.last_origin_seq), changes));
+            }
+        }
+        let rewind_past_head = self.rewind_to.is_some_and(|to| to > head);
+        if !ahead && max_own <= self.origin_seq && taken.is_empty() && !rewind_past_head {
+            return Ok(());
+        }
+        let applied = self.applied_seq.min(head);
+        let mut origin_seq = self.origin_seq.max(max_own);
+        let rekeyed = taken.len();
+        let resubmit_rows = self.conn.immediate_transaction(|conn| {
+            if ahead || rewind_past_head {
+                // Kept entries the log no longer holds: their seqs will be reused, so their
+                // changes wait for re-submission instead (nothing is dropped).
+                let lost: Vec<PendingRow> = pending_entries::table
+                    .filter(pending_entries::seq.gt(to_db(head.0)))
+                    .select(PendingRow::as_select())
+                    .load(conn)?;
+                for row in &lost {
+                    let entry = row.decode()?;
+                    diesel::insert_or_ignore_into(resubmit::table)
+                        .values(&ResubmitRow::new(&entry.change)?)
+                        .execute(conn)?;
+                }
+                diesel::delete(
+                    pending_entries::table.filter(pending_entries::seq.gt(to_db(head.0))),
+                )
+                .execute(conn)?;
+                diesel::update(local_state::table.find(1))
+                    .set(local_state::applied_seq.eq(to_db(applied.0)))
+                    .execute(conn)?;
+            }
+            if rewind_past_head {
+                // The log is already shorter than the rewind's target; the suffix was stored
+                // by the rewind's first step.
+                diesel::update(local_state::table.find(1))
+                    .set(local_state::rewind_to.eq(None::<i64>))
+                    .execute(conn)?;
+            }
+            for (last, changes) in taken {
+                origin_seq = rekey(conn, last, changes, origin_seq)?;
+            }
+            diesel::update(local_state::table.find(1))
+                .set(local_state::origin_seq.eq(to_db(origin_seq)))
+                .execute(conn)?;
+            let rows: i64 = resubmit::table.count().get_result(conn)?;
+            Ok::<_, Error>(rows)
+        })?;
+        self.resubmit_rows = from_db(resubmit_rows);
+        if ahead {
+            tracing::warn!(
+                applied = self.applied_seq.0,
+                log_head = head.0,
+                "library database is ahead of its sync log (restored log?): applied seq lowered"
+            );
+        }
+        if max_own > self.origin_seq {
+            tracing::warn!(
+                counter = self.origin_seq,
+                log_holds = max_own,
+                "origin counter behind the sync log (restored or re-created library?): moved on"
+            );
+        }
+        self.applied_seq = applied;
+        self.origin_seq = origin_seq;
+        if rewind_past_head {
+            self.rewind_to = None;
+        }
+        if rekeyed > 0 {
+            tracing::warn!(rows = rekeyed, "outbox rows under taken origin keys re-keyed");
+        }
+        Ok(())
+    }
+
+    /// Refuses a log of another library than the one this database is bound to.
+    fn check_log(&self, log: &SyncLogStore) -> Result<(), Error> {
+        if log.library() == self.library {
+            Ok(())
+        } else {
+            Err(Error::ForeignLog { database: self.library, log: log.library() })
+        }
+    }
+
+    /// The library this database is bound to.
+    pub fn library(&self) -> LibraryId {
+        self.library
     }
 
     /// This device.
@@ -352,7 +516,7 @@ impl Library {
         self.commit_with(|conn, ctx| {
             let mut changes = Vec::with_capacity(records.len());
             for record in &mut records {
-                let stamp = ctx.stamp(1);
+                let stamp = ctx.stamp(1)?;
                 record.set_meta(stamp, false);
                 let payload = record.encode()?;
                 changes.push(ctx.change(
@@ -373,45 +537,69 @@ impl Library {
     pub fn log_bulk(&mut self, description: &BulkDescription) -> Result<Change, Error> {
         let payload = sync_log::codec::encode(description)?;
         let mut changes = self.commit_with(|_, ctx| {
-            let stamp = ctx.stamp(1);
+            let stamp = ctx.stamp(1)?;
             Ok(vec![ctx.change(&description.model, Id::new_v7(), ChangeType::Bulk, stamp, payload)])
         })?;
         changes.pop().ok_or_else(|| Error::Invalid("bulk entry was not recorded".into()))
     }
 
     /// Writes many new records in large transactions ([`BULK_TXN_ROWS`] each) WITHOUT an
-    /// outbox row per record, then logs one bulk entry with their count and content hash.
-    /// The rows reach other devices by a streamed transfer, not through the log. If the
-    /// process dies midway, the rows written so far stay and no bulk entry exists: the caller
-    /// (an indexer) redoes the operation.
+    /// outbox row per record: each transaction writes its rows and ONE bulk entry (its outbox
+    /// row) describing them — model, description, count, content hash and the HLC range that
+    /// identifies them — so a row never exists locally without a bulk entry that lets other
+    /// devices learn of it, whatever fails or crashes. The rows reach other devices by a
+    /// streamed transfer, not through the log. Returns the bulk entries, one per transaction
+    /// that wrote rows.
+    ///
+    /// Records whose id already has a row (written earlier, through the normal path or by an
+    /// interrupted run of the same operation) are skipped, as are repeats of an id within
+    /// `records` (the first one is written): redoing an operation after a failure writes
+    /// exactly what is missing. On error, the transactions that committed keep their rows and
+    /// entries; the failing one writes nothing.
     pub fn bulk_write<T: LibraryModel + 'static>(
         &mut self,
-        mut records: Vec<T>,
+        records: Vec<T>,
         description: &str,
-    ) -> Result<Change, Error> {
-        let mut hasher = blake3::Hasher::new();
-        for chunk in records.chunks_mut(BULK_TXN_ROWS) {
-            let mut ctx = self.ctx();
-            self.conn.immediate_transaction(|conn| {
-                for record in chunk.iter_mut() {
-                    let stamp = ctx.stamp(1);
+    ) -> Result<Vec<Change>, Error> {
+        let mut entries = Vec::new();
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let chunk: Vec<T> = records.by_ref().take(BULK_TXN_ROWS).collect();
+            let entry = self.commit_with(|conn, ctx| {
+                let ids: Vec<Id> = chunk.iter().map(LibraryModel::uuid).collect();
+                let mut seen: std::collections::HashSet<Id> =
+                    T::existing(conn, &ids)?.into_iter().collect();
+                let mut fresh: Vec<T> =
+                    chunk.into_iter().filter(|r| seen.insert(r.uuid())).collect();
+                if fresh.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut hasher = blake3::Hasher::new();
+                let mut range: Option<(Hlc, Hlc)> = None;
+                for record in &mut fresh {
+                    let stamp = ctx.stamp(1)?;
                     record.set_meta(stamp, false);
                     let payload = record.encode()?;
                     hasher.update(&(payload.len() as u64).to_le_bytes());
                     hasher.update(&payload);
+                    range = Some((range.map_or(stamp.hlc, |r| r.0), stamp.hlc));
                 }
-                T::insert_all(conn, chunk)?;
-                save_counters(conn, &ctx)?;
-                Ok::<_, Error>(())
+                T::insert_all(conn, &fresh)?;
+                let (first_hlc, last_hlc) = range.unwrap_or_default();
+                let payload = sync_log::codec::encode(&BulkDescription {
+                    model: T::MODEL.to_owned(),
+                    description: description.to_owned(),
+                    count: fresh.len() as u64,
+                    content_hash: *hasher.finalize().as_bytes(),
+                    first_hlc,
+                    last_hlc,
+                })?;
+                let stamp = ctx.stamp(1)?;
+                Ok(vec![ctx.change(T::MODEL, Id::new_v7(), ChangeType::Bulk, stamp, payload)])
             })?;
-            self.finish(ctx);
+            entries.extend(entry);
         }
-        self.log_bulk(&BulkDescription {
-            model: T::MODEL.to_owned(),
-            description: description.to_owned(),
-            count: records.len() as u64,
-            content_hash: *hasher.finalize().as_bytes(),
-        })
+        Ok(entries)
     }
 
     /// Unsequenced local changes, oldest first: what a follower forwards. Whole outbox rows
@@ -456,6 +644,9 @@ impl Library {
     /// what it holds. A pending rewind is finished before anything else.
     pub fn sequence(&mut self, log: &mut SyncLogStore, epoch: Epoch) -> Result<Seq, Error> {
         self.finish_rewind(log)?;
+        // Apply what the log holds first: an own entry under a key an outbox row reuses
+        // re-keys that row here, before the row is appended under the taken key.
+        self.catch_up(log)?;
         self.sequence_resubmit(log, epoch)?;
         let mut after = 0i64;
         loop {
@@ -484,6 +675,7 @@ impl Library {
     /// of a follower or leader that crashed between its sync log and its library database,
     /// and it finishes a rewind a crash interrupted ([`Library::finish_rewind`]) first.
     pub fn catch_up(&mut self, log: &mut SyncLogStore) -> Result<ApplyReport, Error> {
+        self.check_log(log)?;
         self.finish_rewind(log)?;
         let mut total = ApplyReport::default();
         loop {
@@ -504,6 +696,7 @@ impl Library {
         log: &mut SyncLogStore,
         entries: &[LogEntry],
     ) -> Result<ApplyReport, Error> {
+        self.check_log(log)?;
         self.finish_rewind(log)?;
         log.append_sequenced(entries)?;
         self.catch_up(log)
@@ -554,7 +747,9 @@ impl Library {
         // Kept with the table: when nothing waits for re-submission (almost always), no delete.
         let resubmit_rows = self.resubmit_rows;
         let mut resubmitted = 0u64;
+        let mut rekeyed = 0u64;
         self.conn.immediate_transaction(|conn| {
+            let mut own = OwnEntries::default();
             let mut known: Vec<&LogEntry> = Vec::with_capacity(fresh.len());
             for e in &fresh {
                 hlc.observe(e.change.hlc);
@@ -562,7 +757,7 @@ impl Library {
                     resubmitted += delete_resubmit(conn, &e.change)?;
                 }
                 if e.change.origin.device == device {
-                    diesel::delete(outbox::table.find(to_db(e.change.origin.seq))).execute(conn)?;
+                    own.settle(conn, &e.change)?;
                     if i64::try_from(e.change.origin.seq).is_ok() {
                         // (A forged seq near 2^64 must not make our counter overflow.)
                         origin_seq = origin_seq.max(e.change.origin.seq);
@@ -588,6 +783,7 @@ impl Library {
                 keep(conn, e, &err.to_string())?;
                 report.kept += 1;
             }
+            (origin_seq, rekeyed) = own.finish(conn, origin_seq)?;
             diesel::update(local_state::table.find(1))
                 .set((
                     local_state::applied_seq.eq(to_db(last.0)),
@@ -601,6 +797,7 @@ impl Library {
         self.origin_seq = origin_seq;
         self.applied_seq = last;
         self.resubmit_rows -= resubmitted;
+        report.rekeyed = rekeyed;
         self.emit(Event::Applied { through: last });
         Ok(report)
     }
@@ -618,7 +815,9 @@ impl Library {
         }
         let registry = &self.registry;
         let device = self.device;
-        self.conn.immediate_transaction(|conn| {
+        let origin_seq = self.origin_seq;
+        let new_counter = self.conn.immediate_transaction(|conn| {
+            let mut own = OwnEntries::default();
             for row in &rows {
                 if !registry.knows(&row.model) {
                     report.kept += 1;
@@ -626,10 +825,21 @@ impl Library {
                 }
                 let entry = row.decode()?;
                 diesel::delete(pending_entries::table.find(row.seq)).execute(conn)?;
-                apply_one(conn, registry, device, &entry, &mut report)?;
+                if entry.change.origin.device == device {
+                    own.settle(conn, &entry.change)?;
+                }
+                apply_one(conn, registry, &entry, &mut report)?;
             }
-            Ok::<_, Error>(())
+            let (counter, rekeyed) = own.finish(conn, origin_seq)?;
+            report.rekeyed = rekeyed;
+            if counter != origin_seq {
+                diesel::update(local_state::table.find(1))
+                    .set(local_state::origin_seq.eq(to_db(counter)))
+                    .execute(conn)?;
+            }
+            Ok::<_, Error>(counter)
         })?;
+        self.origin_seq = new_counter;
         tracing::debug!(?report, "kept entries retried");
         Ok(report)
     }
@@ -655,6 +865,7 @@ impl Library {
     /// After the rewind, apply the winner's entries after `common` ([`Library::receive`]); the
     /// winner's entries at seqs the old suffix occupied are applied, not skipped.
     pub fn rewind(&mut self, log: &mut SyncLogStore, common: Seq) -> Result<RewindReport, Error> {
+        self.check_log(log)?;
         let report = self.stage_rewind(log, common)?;
         self.complete_rewind(log, false)?;
         Ok(report)
@@ -670,6 +881,7 @@ impl Library {
         log: &mut SyncLogStore,
         common: Seq,
     ) -> Result<RewindReport, Error> {
+        self.check_log(log)?;
         self.finish_rewind(log)?;
         let (floor, head) = (log.floor().seq, log.head().seq);
         if common < floor || common > head {
@@ -712,6 +924,7 @@ impl Library {
     /// then clears the target. Returns whether a rewind was pending. Called first by
     /// [`Library::catch_up`], [`Library::receive`] and [`Library::sequence`].
     pub fn finish_rewind(&mut self, log: &mut SyncLogStore) -> Result<bool, Error> {
+        self.check_log(log)?;
         if self.rewind_to.is_none() {
             return Ok(false);
         }
@@ -809,13 +1022,9 @@ impl Library {
 fn apply_one(
     conn: &mut SqliteConnection,
     registry: &Registry,
-    device: DeviceId,
     e: &LogEntry,
     report: &mut ApplyReport,
 ) -> Result<(), Error> {
-    if e.change.origin.device == device {
-        diesel::delete(outbox::table.find(to_db(e.change.origin.seq))).execute(conn)?;
-    }
     if e.change.change == ChangeType::Bulk {
         report.bulk += 1;
         return Ok(());
@@ -892,4 +1101,15 @@ fn save_counters(conn: &mut SqliteConnection, ctx: &StampCtx) -> Result<(), Erro
         ))
         .execute(conn)?;
     Ok(())
+}
+
+/// Whether `log` holds exactly `change` under its origin key (`false` when the key is absent,
+/// pruned, or holds another change).
+fn log_holds(log: &mut SyncLogStore, change: &Change) -> Result<bool, Error> {
+    let Some(seq) = log.find_origin(&change.origin)? else { return Ok(false) };
+    if seq <= log.floor().seq {
+        return Ok(false);
+    }
+    let entry = log.read_after(Seq(seq.0 - 1), 1)?;
+    Ok(entry.first().is_some_and(|e| e.seq == seq && e.change == *change))
 }

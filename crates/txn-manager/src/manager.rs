@@ -3,10 +3,13 @@
 use std::sync::{Arc, Mutex};
 
 use library_models::LibraryModel;
-use sync_log::{Change, Epoch, LogEntry, Seq, SyncLog};
+use std::path::PathBuf;
+
+use sync_log::{Change, DeviceId, Epoch, LogEntry, Seq, SyncLog};
+use syncable::Registry;
 use tokio::sync::broadcast;
 
-use crate::{ApplyReport, BulkDescription, Error, Event, Library, Op, RewindReport};
+use crate::{ApplyReport, BulkDescription, Config, Error, Event, Library, Op, RewindReport};
 
 /// The async write path of one library: cheap to clone, safe to share between tasks.
 ///
@@ -20,8 +23,9 @@ use crate::{ApplyReport, BulkDescription, Error, Event, Library, Op, RewindRepor
 /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 /// use txn_manager::{Config, Library, Op, TransactionManager};
 /// let registry = syncable::Registry::from_inventory()?;
-/// let lib = Library::open(":memory:".as_ref(), sync_log::DeviceId::new_v7(), registry, Config::default())?;
-/// let tm = TransactionManager::new(lib);
+/// let log = sync_log::SyncLog::new(sync_log::SyncLogStore::in_memory(sync_log::LibraryId::new_v7())?);
+/// let device = sync_log::DeviceId::new_v7();
+/// let tm = TransactionManager::open(":memory:".into(), log, device, registry, Config::default()).await?;
 /// let mut events = tm.subscribe();
 /// tm.commit(vec![Op::put(library_models::Tag::new("a".into(), None))]).await?;
 /// assert!(matches!(events.recv().await?, txn_manager::Event::Committed(_)));
@@ -40,6 +44,23 @@ impl TransactionManager {
     pub fn new(library: Library) -> Self {
         let events = library.events_sender();
         Self { inner: Arc::new(Mutex::new(library)), events }
+    }
+
+    /// Opens the library database at `path` against its sync log on the blocking pool
+    /// ([`Library::open`]: binding, origin-counter reconciliation) and wraps it.
+    pub async fn open(
+        path: PathBuf,
+        log: SyncLog,
+        device: DeviceId,
+        registry: Registry,
+        config: Config,
+    ) -> Result<Self, Error> {
+        let library = tokio::task::spawn_blocking(move || {
+            log.with_blocking(|store| Ok(Library::open(&path, store, device, registry, config)))?
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        Ok(Self::new(library))
     }
 
     /// Subscribes to events (sent after each commit).

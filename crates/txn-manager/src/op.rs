@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 
 use diesel::SqliteConnection;
 use library_models::{Id, LibraryModel};
-use sync_log::{Change, ChangeType, DeviceId, OriginKey, Stamp};
+use sync_log::{Change, ChangeType, DeviceId, Hlc, OriginKey, Stamp};
 
 use crate::{Error, HybridClock};
 
@@ -18,8 +18,28 @@ pub(crate) struct StampCtx {
 }
 
 impl StampCtx {
-    pub(crate) fn stamp(&mut self, version: u64) -> Stamp {
-        Stamp { version, hlc: self.hlc.now(), device: self.device }
+    pub(crate) fn stamp(&mut self, version: u64) -> Result<Stamp, Error> {
+        Ok(Stamp { version, hlc: self.hlc.now()?, device: self.device })
+    }
+
+    /// The stamp of a local edit of a record whose stored stamp has clock `stored`: a new
+    /// reading, or `stored + 1` when the stored stamp is not behind it. An edit is causally
+    /// after the state it overwrites, so it must win over it under recency-first LWW — also
+    /// when that state came from a peer whose clock is ahead by more than the drift clamp
+    /// lets our own clock follow (the clock itself stays clamped: only this stamp is ahead).
+    pub(crate) fn stamp_over(&mut self, version: u64, stored: Hlc) -> Result<Stamp, Error> {
+        let now = self.hlc.now()?;
+        let hlc = if now > stored {
+            now
+        } else {
+            stored
+                .0
+                .checked_add(1)
+                .map(Hlc)
+                .filter(|h| h.millis() <= Hlc::MAX_MILLIS && i64::try_from(h.0).is_ok())
+                .ok_or(Error::ClockOutOfRange { millis: now.millis(), last: stored })?
+        };
+        Ok(Stamp { version, hlc, device: self.device })
     }
 
     pub(crate) fn change(
@@ -104,14 +124,14 @@ impl<T: LibraryModel + 'static> ErasedOp for Put<T> {
         let mut record = self.0;
         let uuid = record.uuid();
         let stored = T::stored_version(conn, uuid)?;
-        let (version, kind) = match stored {
-            Some((_, true)) if !T::REVIVABLE => {
+        let stamp = match stored {
+            Some((_, _, true)) if !T::REVIVABLE => {
                 return Err(Error::Deleted { model: T::MODEL, record: uuid.0 });
             }
-            Some((v, _)) => (next_version::<T>(v, uuid)?, ChangeType::Update),
-            None => (1, ChangeType::Insert),
+            Some((v, hlc, _)) => ctx.stamp_over(next_version::<T>(v, uuid)?, hlc)?,
+            None => ctx.stamp(1)?,
         };
-        let stamp = ctx.stamp(version);
+        let kind = if stored.is_some() { ChangeType::Update } else { ChangeType::Insert };
         record.set_meta(stamp, false);
         T::write(conn, &record)?;
         let payload = record.encode()?;
@@ -133,7 +153,8 @@ impl<T: LibraryModel + 'static> ErasedOp for Delete<T> {
         if record.is_tombstone() {
             return Ok(None);
         }
-        let stamp = ctx.stamp(next_version::<T>(record.stamp().version, self.0)?);
+        let stored = record.stamp();
+        let stamp = ctx.stamp_over(next_version::<T>(stored.version, self.0)?, stored.hlc)?;
         record.set_meta(stamp, true);
         T::write(conn, &record)?;
         let payload = record.encode()?;

@@ -25,8 +25,9 @@ const LIBRARY: LibraryId = LibraryId(uuid::Uuid::from_u128(0x11B));
 
 fn open(dir: &Path) -> (Library, SyncLogStore) {
     let registry = syncable::Registry::from_inventory().unwrap();
-    let lib = Library::open(&dir.join("library.db"), DEVICE, registry, Config::default()).unwrap();
-    let log = SyncLogStore::open_or_create(&dir.join("sync.db"), LIBRARY).unwrap();
+    let mut log = SyncLogStore::open_or_create(&dir.join("sync.db"), LIBRARY).unwrap();
+    let lib = Library::open(&dir.join("library.db"), &mut log, DEVICE, registry, Config::default())
+        .unwrap();
     (lib, log)
 }
 
@@ -244,9 +245,15 @@ fn sigkill_at_random_moments_loses_nothing() {
     assert!(head.0 > 100, "too little work done to mean anything: {head}");
     let entries = log.read_after(Seq(0), usize::MAX).unwrap();
     let registry = syncable::Registry::from_inventory().unwrap();
-    let mut fresh =
-        Library::open(":memory:".as_ref(), DeviceId::new_v7(), registry, Config::default())
-            .unwrap();
+    let mut empty = SyncLogStore::in_memory(LIBRARY).unwrap();
+    let mut fresh = Library::open(
+        ":memory:".as_ref(),
+        &mut empty,
+        DeviceId::new_v7(),
+        registry,
+        Config::default(),
+    )
+    .unwrap();
     fresh.apply_entries(&entries).unwrap();
     assert_eq!(fresh.content_hash().unwrap(), lib.content_hash().unwrap());
     println!("crash test: {KILLS} kills, {head} changes sequenced");

@@ -34,8 +34,9 @@ impl Dev {
         let dir = root.join(id.0.to_string());
         std::fs::create_dir_all(&dir).unwrap();
         let registry = syncable::Registry::from_inventory().unwrap();
-        let lib = Library::open(&dir.join("library.db"), id, registry, Config::default()).unwrap();
-        let log = SyncLogStore::open_or_create(&dir.join("sync.db"), LIBRARY).unwrap();
+        let mut log = SyncLogStore::open_or_create(&dir.join("sync.db"), LIBRARY).unwrap();
+        let lib = Library::open(&dir.join("library.db"), &mut log, id, registry, Config::default())
+            .unwrap();
         Self { dir, id, lib, log }
     }
 

@@ -29,14 +29,15 @@ fn unknown_model_is_kept_then_applied_by_a_knowing_build() {
         syncable::inventory::iter::<ModelRegistration>.into_iter().filter(|r| r.name != "tag"),
     )
     .unwrap();
-    let mut old = Library::open(&path, device, without_tag, Config::default()).unwrap();
-    let report = old.apply_entries(&entries).unwrap();
+    let mut log = sync_log::SyncLogStore::in_memory(common::LIBRARY).unwrap();
+    let mut old = Library::open(&path, &mut log, device, without_tag, Config::default()).unwrap();
+    let report = old.receive(&mut log, &entries).unwrap();
     assert_eq!((report.kept, report.written), (1, 1));
     assert_eq!(old.applied_seq().0, 2, "the unknown entry does not block the applied seq");
     assert_eq!(old.pending_count().unwrap(), 1);
     drop(old);
 
-    let mut new = Library::open(&path, device, full, Config::default()).unwrap();
+    let mut new = Library::open(&path, &mut log, device, full, Config::default()).unwrap();
     assert_eq!(new.pending_count().unwrap(), 0);
     let (mut reference, _) = common::memory_library(DeviceId::new_v7(), 1);
     reference.apply_entries(&entries).unwrap();

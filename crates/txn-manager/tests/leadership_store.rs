@@ -10,7 +10,8 @@ use txn_manager::{Config, DeviceLeadershipStore, Library, Op};
 
 fn library_with_device_row(path: &std::path::Path, device: DeviceId) -> Library {
     let registry = syncable::Registry::from_inventory().unwrap();
-    let mut lib = Library::open(path, device, registry, Config::default()).unwrap();
+    let mut log = sync_log::SyncLogStore::in_memory(sync_log::LibraryId::NIL).unwrap();
+    let mut lib = Library::open(path, &mut log, device, registry, Config::default()).unwrap();
     lib.commit(vec![Op::put(Device::with_id(Id(device.0), "laptop".into(), "linux".into()))])
         .unwrap();
     lib
@@ -56,7 +57,8 @@ fn save_without_device_row_is_an_error() {
     let path = dir.path().join("library.db");
     let device = DeviceId::new_v7();
     let registry = syncable::Registry::from_inventory().unwrap();
-    let _lib = Library::open(&path, device, registry, Config::default()).unwrap();
+    let mut log = sync_log::SyncLogStore::in_memory(sync_log::LibraryId::NIL).unwrap();
+    let _lib = Library::open(&path, &mut log, device, registry, Config::default()).unwrap();
     let store = DeviceLeadershipStore::open(&path, device).unwrap();
     assert_eq!(store.load().unwrap(), None);
     let err = store.save(&PersistedLeadership::default()).unwrap_err();

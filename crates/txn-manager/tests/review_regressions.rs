@@ -7,7 +7,7 @@ mod common;
 use library_models as _;
 use library_models::schema::tag;
 use library_models::{LibraryModel, Tag};
-use sync_log::{Change, ChangeType, DeviceId, Epoch, Hlc, LibraryId, OriginKey, Stamp};
+use sync_log::{Change, ChangeType, DeviceId, Epoch, Hlc, OriginKey, Stamp};
 use syncable::Syncable;
 use txn_manager::{Error, Op};
 
@@ -140,7 +140,7 @@ fn fresh_database_does_not_reuse_origin_seqs_already_in_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let device = DeviceId::new_v7();
     let mut log =
-        sync_log::SyncLogStore::open_or_create(&dir.path().join("sync.db"), LibraryId::new_v7())
+        sync_log::SyncLogStore::open_or_create(&dir.path().join("sync.db"), common::LIBRARY)
             .unwrap();
     {
         let (mut old, _) = common::memory_library(device, 1_000);
@@ -163,9 +163,11 @@ fn fresh_database_does_not_reuse_origin_seqs_already_in_the_log() {
     let path = dir.path().join("library.db");
     let registry = syncable::Registry::from_inventory().unwrap();
     let mut lib =
-        txn_manager::Library::open(&path, device, registry.clone(), Default::default()).unwrap();
+        txn_manager::Library::open(&path, &mut log, device, registry.clone(), Default::default())
+            .unwrap();
     lib.catch_up(&mut log).unwrap();
     drop(lib);
-    let lib = txn_manager::Library::open(&path, device, registry, Default::default()).unwrap();
+    let lib =
+        txn_manager::Library::open(&path, &mut log, device, registry, Default::default()).unwrap();
     assert_eq!(lib.origin_seq(), 3);
 }

@@ -3,15 +3,20 @@
 
 use std::sync::Arc;
 
-use sync_log::{Change, Checksum, Epoch, LogEntry, Seq};
+use sync_log::{Change, Checksum, Epoch, LibraryId, LogEntry, Seq, SyncLogStore};
 use txn_manager::{Config, Library, ManualClock};
 
-/// A fresh in-memory library for `device` with a manual clock at `millis`.
+/// The library every test library belongs to (unless a test says otherwise).
+pub const LIBRARY: LibraryId = LibraryId(uuid::Uuid::from_u128(0x11B));
+
+/// A fresh in-memory library of [`LIBRARY`] for `device` with a manual clock at `millis`
+/// (opened against an empty log of the same library).
 pub fn memory_library(device: sync_log::DeviceId, millis: u64) -> (Library, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(millis));
     let registry = syncable::Registry::from_inventory().unwrap();
     let config = Config { clock: clock.clone(), ..Config::default() };
-    (Library::open(":memory:".as_ref(), device, registry, config).unwrap(), clock)
+    let mut log = SyncLogStore::in_memory(LIBRARY).unwrap();
+    (Library::open(":memory:".as_ref(), &mut log, device, registry, config).unwrap(), clock)
 }
 
 /// Sequences `changes` as a leader would: seqs from 1, chained checksums, epoch 1.
