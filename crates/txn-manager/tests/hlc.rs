@@ -119,3 +119,36 @@ fn a_peer_stamp_beyond_the_drift_is_clamped_but_its_change_applied() {
     other.apply_entries(&common::sequence(&both)).unwrap();
     assert_eq!(Tag::load(other.conn(), id).unwrap().unwrap().name, "edited here");
 }
+
+/// A physical clock beyond the HLC's range (2^47 ms, a broken clock) fails the commit with
+/// `ClockOutOfRange` and writes nothing — no model row, no outbox row, no counter — instead of
+/// storing a stamp no device accepts; once the clock is sane again commits work.
+#[test]
+fn a_clock_beyond_the_hlc_range_fails_the_commit_and_writes_nothing() {
+    let (mut lib, clock) = common::memory_library(DeviceId::new_v7(), 1_000);
+    clock.set(1 << 47);
+    let tag = Tag::new("future".into(), None);
+    match lib.commit(vec![Op::put(tag.clone())]) {
+        Err(txn_manager::Error::ClockOutOfRange { millis, .. }) => assert_eq!(millis, 1 << 47),
+        other => panic!("expected ClockOutOfRange, got {other:?}"),
+    }
+    assert!(Tag::load(lib.conn(), tag.uuid).unwrap().is_none());
+    assert!(lib.outbox(10).unwrap().is_empty());
+    assert_eq!(lib.origin_seq(), 0);
+
+    clock.set(2_000);
+    let change = lib.commit(vec![Op::put(tag)]).unwrap().remove(0);
+    assert!(i64::try_from(change.hlc.0).is_ok());
+}
+
+/// From the largest reading (`Hlc::MAX`, or `u64::MAX` read back from a damaged database) the
+/// clock never goes backwards: the next reading fails.
+#[test]
+fn the_clock_fails_rather_than_go_backwards() {
+    for last in [Hlc::new(Hlc::MAX_MILLIS, u16::MAX), Hlc(u64::MAX)] {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let mut hlc = txn_manager::HybridClock::new(clock, last, DEFAULT_MAX_DRIFT_MS);
+        assert!(hlc.now().is_err(), "a reading after {last:?}");
+        assert_eq!(hlc.last(), last);
+    }
+}
