@@ -22,8 +22,19 @@
 //!   counter + persisted HLC in one transaction. A crash leaves all or nothing.
 //! - **Outbox rows are deleted only when their last change is applied from the global log**
 //!   (the same transaction that applies it and moves the applied seq), on leader and follower
-//!   alike. The changes of one row are forwarded together and sequenced in origin order, so
-//!   every earlier change of the row is applied by then.
+//!   alike — and only when the log holds the *same* change under that key. The changes of one
+//!   row are forwarded together and sequenced in origin order, so every earlier change of the
+//!   row is applied by then.
+//! - **Origin keys are never reused.** [`Library::open`] takes the device's sync log: the
+//!   database is bound to its library ([`Error::ForeignLog`] for any other), the origin counter
+//!   moves past every own key the log holds or pruned, and an outbox row whose key the log holds
+//!   with another change — a database restored from a backup, re-created, or one that lost its
+//!   last commits while the leader held them — is re-keyed (fresh origin seqs, same changes),
+//!   never dropped; the same happens when such an entry arrives later from the leader.
+//! - **Power loss:** the sync log commits with `synchronous = FULL` (an append that returned
+//!   is durable), the library database with `NORMAL`; so the log is on disk before the library
+//!   relies on it. A library that went back in time catches up from the log; one that is ahead
+//!   of a restored log lowers its applied seq at open.
 //! - **Leader** ([`Library::sequence`]): `sync.db` append (idempotent by origin key) first,
 //!   then apply from the log. A crash in between leaves outbox rows that are already in the
 //!   log; the next `sequence` re-appends them (no-op, nothing sequenced twice) and applies
