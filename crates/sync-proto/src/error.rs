@@ -151,6 +151,42 @@ pub enum ProtoError {
     /// The endpoint could not be set up.
     #[error("endpoint setup failed: {0}")]
     Endpoint(String),
+    /// This node's protocol layer ended the session with a code: a newer session of the same
+    /// device replaced it ([`ErrorCode::REPLACED`]), the peer's membership was revoked
+    /// ([`ErrorCode::NOT_A_MEMBER`]), the node is shutting down
+    /// ([`ErrorCode::SHUTTING_DOWN`]), the peer stalled ([`ErrorCode::TIMEOUT`]) or broke the
+    /// protocol. The peer was told the same code.
+    #[error("session ended here with {code}: {reason}")]
+    Terminated {
+        /// The code the connection was closed with.
+        code: ErrorCode,
+        /// Why.
+        reason: String,
+    },
+    /// The peer stalled: a frame did not complete within the frame deadline, or nothing
+    /// arrived within the idle time and a probe went unanswered.
+    #[error("peer stalled: {what} within {after:?}")]
+    Timeout {
+        /// What did not happen in time.
+        what: &'static str,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// This message may not be sent (or received) at this point of the protocol; nothing was
+    /// sent.
+    #[error("{kind} is not allowed here: {why}")]
+    NotAllowed {
+        /// The kind refused.
+        kind: MessageKind,
+        /// The rule it breaks.
+        why: &'static str,
+    },
+    /// Too many connections from this endpoint are awaiting their handshake: refused at once.
+    #[error("too many pending handshakes from this endpoint (at most {max})")]
+    Busy {
+        /// The cap per endpoint.
+        max: usize,
+    },
 }
 
 impl ProtoError {
@@ -164,14 +200,21 @@ impl ProtoError {
     /// ```
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::ConnectionLost(_) | Self::Connect(_) | Self::HandshakeTimeout(_) => true,
-            Self::Closed { code, .. } | Self::Remote { code, .. } => code.is_retryable(),
+            Self::ConnectionLost(_)
+            | Self::Connect(_)
+            | Self::HandshakeTimeout(_)
+            | Self::Timeout { .. }
+            | Self::Busy { .. } => true,
+            Self::Closed { code, .. }
+            | Self::Remote { code, .. }
+            | Self::Terminated { code, .. } => code.is_retryable(),
             Self::Frame(FrameError::Io(_)) => true,
             Self::Frame(_)
             | Self::NotAMember { .. }
             | Self::ForeignLibrary { .. }
             | Self::VersionMismatch { .. }
             | Self::UnexpectedMessage { .. }
+            | Self::NotAllowed { .. }
             | Self::WrongPeer(_)
             | Self::LocallyClosed
             | Self::Endpoint(_) => false,
@@ -185,13 +228,57 @@ impl ProtoError {
             Self::NotAMember { .. } => ErrorCode::NOT_A_MEMBER,
             Self::ForeignLibrary { .. } => ErrorCode::FOREIGN_LIBRARY,
             Self::VersionMismatch { .. } => ErrorCode::VERSION_MISMATCH,
-            Self::UnexpectedMessage { .. } | Self::WrongPeer(_) => ErrorCode::PROTOCOL_ERROR,
+            Self::UnexpectedMessage { .. } | Self::WrongPeer(_) | Self::NotAllowed { .. } => {
+                ErrorCode::PROTOCOL_ERROR
+            }
             Self::HandshakeTimeout(_) => ErrorCode::HANDSHAKE_TIMEOUT,
-            Self::Remote { code, .. } | Self::Closed { code, .. } => *code,
+            Self::Timeout { .. } => ErrorCode::TIMEOUT,
+            Self::Busy { .. } => ErrorCode::BUSY,
+            Self::Remote { code, .. }
+            | Self::Closed { code, .. }
+            | Self::Terminated { code, .. } => *code,
             Self::ConnectionLost(_)
             | Self::LocallyClosed
             | Self::Connect(_)
             | Self::Endpoint(_) => ErrorCode::INTERNAL,
         }
     }
+}
+
+/// The longest reason text sent with a close, or kept from a peer's close or error message.
+pub const MAX_REASON_LEN: usize = 200;
+
+/// Makes a peer-supplied text safe for logs: control characters (newlines, terminal escapes,
+/// …) and Unicode bidirectional overrides are written as `\u{..}` escapes, and the result is cut
+/// to at most [`MAX_REASON_LEN`] bytes on a character boundary (a cut text ends with `…`).
+///
+/// ```
+/// use sync_proto::sanitize_reason;
+/// assert_eq!(sanitize_reason("bad\n\x1b[31mred"), "bad\\u{a}\\u{1b}[31mred");
+/// assert!(sanitize_reason(&"x".repeat(300)).len() <= 200);
+/// ```
+pub fn sanitize_reason(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_REASON_LEN));
+    for c in text.chars() {
+        let unsafe_char = c.is_control()
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}');
+        let piece = if unsafe_char { format!("\\u{{{:x}}}", u32::from(c)) } else { c.to_string() };
+        if out.len() + piece.len() > MAX_REASON_LEN {
+            // Room for the ellipsis (3 bytes).
+            while out.len() + '…'.len_utf8() > MAX_REASON_LEN {
+                out.pop();
+            }
+            out.push('…');
+            return out;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
+/// [`sanitize_reason`] for raw bytes (a QUIC close reason), decoded as lossy UTF-8.
+pub(crate) fn sanitize_bytes(bytes: &[u8]) -> String {
+    // Decode no more than could survive the cap (escapes only make it longer).
+    let head = &bytes[..bytes.len().min(MAX_REASON_LEN * 4)];
+    sanitize_reason(&String::from_utf8_lossy(head))
 }

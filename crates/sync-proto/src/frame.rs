@@ -121,7 +121,7 @@ pub(crate) fn decode_frame_limited(buf: &[u8], max: u32) -> Result<(Message, usi
 }
 
 /// Encodes a message's header and payload separately (so a large payload is not copied).
-fn encode_parts(
+pub(crate) fn encode_parts(
     msg: &Message,
     config: &FrameConfig,
 ) -> Result<([u8; HEADER_LEN], Vec<u8>), FrameError> {
@@ -177,14 +177,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             got => return Err(FrameError::Truncated { expected: LENGTH_LEN, got }),
         }
         let len = check_length(prefix, max.min(self.config.max_frame_size))?;
-        // Only now, with the length checked, is the buffer sized for the frame.
-        if self.buf.capacity() > RETAIN_LIMIT && len <= RETAIN_LIMIT {
-            self.buf = Vec::new();
-        }
-        self.buf.clear();
-        self.buf.reserve_exact(len);
+        // Only now, with the length checked, is the buffer sized — and only as bytes arrive,
+        // so a length prefix with no body behind it costs nothing.
+        prepare_buffer(&mut self.buf, len);
         while self.buf.len() < len {
-            let want = len - self.buf.len();
+            grow_for(&mut self.buf, len);
+            let want = (len - self.buf.len()).min(self.buf.capacity() - self.buf.len());
             // Reads into the reserved capacity: no zero-filling, never past the frame.
             if self.inner.read_buf(&mut (&mut self.buf).limit(want)).await? == 0 {
                 return Err(FrameError::Truncated { expected: len, got: self.buf.len() });
@@ -259,6 +257,29 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn into_inner(self) -> W {
         self.inner
     }
+}
+
+/// The first allocation for a frame body, and the step below which it grows by doubling.
+const FIRST_CHUNK: usize = 64 * 1024;
+
+/// Empties a frame buffer before a frame of `len` bytes, giving back a large buffer when the
+/// coming frame is small.
+pub(crate) fn prepare_buffer(buf: &mut Vec<u8>, len: usize) {
+    if buf.capacity() > RETAIN_LIMIT && len <= RETAIN_LIMIT {
+        *buf = Vec::new();
+    }
+    buf.clear();
+}
+
+/// Makes room for more of a frame of `len` bytes: at least some spare capacity, never more
+/// than the frame, growing by doubling from [`FIRST_CHUNK`] — memory follows the bytes that
+/// actually arrived, not the length a peer announced.
+pub(crate) fn grow_for(buf: &mut Vec<u8>, len: usize) {
+    if buf.capacity() > buf.len() {
+        return;
+    }
+    let target = buf.capacity().saturating_mul(2).max(FIRST_CHUNK).min(len);
+    buf.reserve_exact(target - buf.len());
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.

@@ -9,18 +9,100 @@
 //! answer must be a hello-ack for the same library from the device bound to the peer's key,
 //! with a version both ranges contain.
 
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use iroh::EndpointId;
 use sync_log::{DeviceId, LibraryId};
 
-use crate::error::ProtoError;
+use crate::error::{ProtoError, sanitize_reason};
 use crate::membership::{Lookup, Membership};
 use crate::message::{ErrorCode, Hello, HelloAck, Message, VersionMismatch};
+use crate::registry::{Refusal, Registry};
 use crate::session::{
     Link, LocalState, PeerInfo, ProtoConfig, Role, Session, SessionHandler, SessionInfo, Wire,
 };
 
+/// The acceptor's side of one node, shared by its connections: the seams, the settings and
+/// the node's bookkeeping.
+pub(crate) struct Acceptor<M, H> {
+    pub(crate) membership: Arc<M>,
+    pub(crate) handler: Arc<H>,
+    pub(crate) config: ProtoConfig,
+    pub(crate) registry: Registry,
+}
+
+impl<M: Membership, H: SessionHandler> Acceptor<M, H> {
+    pub(crate) fn new(membership: Arc<M>, handler: Arc<H>, config: ProtoConfig) -> Self {
+        let registry = Registry::new(membership.clone());
+        Self::with_registry(membership, handler, config, registry)
+    }
+
+    /// An acceptor sharing the node's bookkeeping with the node's connector.
+    pub(crate) fn with_registry(
+        membership: Arc<M>,
+        handler: Arc<H>,
+        config: ProtoConfig,
+        registry: Registry,
+    ) -> Self {
+        Self { membership, handler, config, registry }
+    }
+
+    /// Runs the acceptor's whole flow on a connection whose peer is `peer`: steps (1) to (6),
+    /// then hands the session to the handler. Every refusal closes the connection with its
+    /// code. `open` is not polled before step (1) has passed: nothing is read before it.
+    pub(crate) async fn serve<F>(&self, peer: EndpointId, link: Link, open: F)
+    where
+        F: Future<Output = Result<Wire, ProtoError>>,
+    {
+        let config = &self.config;
+        let result = async {
+            check_known(&peer, &*self.membership, &link)?;
+            let _pending = match self.registry.admit(peer, &link, config.max_pending_handshakes) {
+                Ok(pending) => pending,
+                Err(Refusal::Busy) => {
+                    let err = ProtoError::Busy { max: config.max_pending_handshakes };
+                    link.terminate(err.code(), &err.to_string());
+                    return Err(err);
+                }
+                Err(Refusal::ShuttingDown) => {
+                    let err = ProtoError::Terminated {
+                        code: ErrorCode::SHUTTING_DOWN,
+                        reason: "node shutting down".into(),
+                    };
+                    link.terminate(ErrorCode::SHUTTING_DOWN, "node shutting down");
+                    return Err(err);
+                }
+            };
+            let accepted = tokio::time::timeout(config.handshake_timeout, async {
+                let wire = open.await?;
+                accept(peer, wire, &*self.membership, &*self.handler, config).await
+            })
+            .await;
+            match accepted {
+                Ok(Ok(wire_and_info)) => Ok(wire_and_info),
+                Ok(Err(e)) => Err(link.explain(e)),
+                Err(_) => {
+                    let err = ProtoError::HandshakeTimeout(config.handshake_timeout);
+                    link.terminate(err.code(), &err.to_string());
+                    Err(err)
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok((info, wire)) => {
+                let (session, handle) = Session::new(info.clone(), wire, config);
+                session.set_on_drop(self.registry.register(&info, &handle));
+                self.handler.serve(session).await;
+            }
+            Err(error) => self.handler.refused(&peer, &error),
+        }
+    }
+}
+
 /// Step (1) of the acceptor: refuses an endpoint that is a member of no hosted library.
-pub(crate) fn check_known<M: Membership>(
+pub(crate) fn check_known<M: Membership + ?Sized>(
     peer: &EndpointId,
     membership: &M,
     link: &Link,
@@ -29,60 +111,23 @@ pub(crate) fn check_known<M: Membership>(
         return Ok(());
     }
     let err = ProtoError::NotAMember { library: None };
-    link.close(err.code(), &err.to_string());
+    link.terminate(err.code(), &err.to_string());
     Err(err)
 }
 
-/// Runs the acceptor's whole flow on a connection whose peer is `peer`: steps (1) to (6),
-/// then hands the session to the handler. Every refusal closes the connection with its code.
-pub(crate) async fn serve_incoming<M, H, F>(
-    peer: EndpointId,
-    link: Link,
-    open: F,
-    membership: &M,
-    handler: &H,
-    config: &ProtoConfig,
-) where
-    M: Membership,
-    H: SessionHandler,
-    F: Future<Output = Result<Wire, ProtoError>>,
-{
-    let result = async {
-        check_known(&peer, membership, &link)?;
-        let accepted = tokio::time::timeout(config.handshake_timeout, async {
-            let wire = open.await?;
-            accept(peer, wire, membership, handler, config).await
-        })
-        .await;
-        match accepted {
-            Ok(result) => result,
-            Err(_) => {
-                let err = ProtoError::HandshakeTimeout(config.handshake_timeout);
-                link.close(err.code(), &err.to_string());
-                Err(err)
-            }
-        }
-    }
-    .await;
-    match result {
-        Ok(session) => handler.serve(session).await,
-        Err(error) => handler.refused(&peer, &error),
-    }
-}
-
-/// Steps (2) to (6) of the acceptor.
-async fn accept<M: Membership, H: SessionHandler>(
+/// Steps (2) to (6) of the acceptor: the session's description and its wire.
+async fn accept<M: Membership + ?Sized, H: SessionHandler>(
     peer: EndpointId,
     mut wire: Wire,
     membership: &M,
     handler: &H,
     config: &ProtoConfig,
-) -> Result<Session, ProtoError> {
+) -> Result<(SessionInfo, Wire), ProtoError> {
     let refuse = |link: &Link, err: ProtoError| {
-        link.close(err.code(), &err.to_string());
+        link.terminate(err.code(), &err.to_string());
         Err(err)
     };
-    let hello = match wire.recv.recv(config.handshake_max_frame).await {
+    let hello = match wire.recv(config.handshake_max_frame, config.frame_timeout).await {
         Ok(Some(Message::Hello(hello))) => hello,
         Ok(Some(other)) => {
             return refuse(
@@ -93,7 +138,9 @@ async fn accept<M: Membership, H: SessionHandler>(
         Ok(None) => {
             return Err(ProtoError::ConnectionLost("stream ended before the hello".into()));
         }
-        Err(ProtoError::Frame(e)) => return refuse(&wire.link, ProtoError::Frame(e)),
+        Err(e @ (ProtoError::Frame(_) | ProtoError::Timeout { .. })) => {
+            return refuse(&wire.link, e);
+        }
         Err(e) => return Err(e),
     };
     let library = hello.library;
@@ -110,12 +157,18 @@ async fn accept<M: Membership, H: SessionHandler>(
         let mismatch = VersionMismatch { dialer: hello.versions, acceptor: config.versions };
         let err = ProtoError::VersionMismatch { ours: config.versions, theirs: hello.versions };
         // The dialer learns both ranges from the frame; the close reason repeats them.
-        if wire.send.send(&Message::VersionMismatch(mismatch)).await.is_ok() {
-            wire.link
-                .linger_close(&mut wire.send, err.code(), &err.to_string(), config.refusal_linger)
-                .await;
+        if wire.send(&Message::VersionMismatch(mismatch), &config.frame).await.is_ok() {
+            let Wire { mut send, link, .. } = wire;
+            link.close_gracefully(
+                &mut *send,
+                err.code(),
+                &err.to_string(),
+                config.refusal_linger,
+                true,
+            )
+            .await;
         } else {
-            wire.link.close(err.code(), &err.to_string());
+            wire.link.terminate(err.code(), &err.to_string());
         }
         return Err(err);
     };
@@ -130,7 +183,7 @@ async fn accept<M: Membership, H: SessionHandler>(
         position: local.position,
         models: local.models,
     };
-    wire.send.send(&Message::HelloAck(ack)).await?;
+    wire.send(&Message::HelloAck(ack), &config.frame).await?;
     tracing::debug!(peer = %peer.fmt_short(), %library, %device, %version, "sync session accepted");
     let info = SessionInfo {
         library,
@@ -145,7 +198,7 @@ async fn accept<M: Membership, H: SessionHandler>(
             models: hello.models,
         },
     };
-    Ok(Session::new(info, wire, config.frame))
+    Ok((info, wire))
 }
 
 /// Step (0) of the dialer: the device the peer must turn out to be.
@@ -161,28 +214,45 @@ pub(crate) fn expected_device<M: Membership>(
     }
 }
 
-/// The dialer's handshake on an open wire, within the handshake timeout.
-pub(crate) async fn dial(
+/// The dialer's whole connect: `open` (the transport's connection and stream) and the hello
+/// exchange, within ONE handshake timeout. The session is recorded in `registry`.
+pub(crate) async fn dial<F>(
     peer: EndpointId,
     expected: DeviceId,
-    wire: Wire,
+    open: F,
     local: LocalState,
     config: &ProtoConfig,
-) -> Result<Session, ProtoError> {
-    let link = wire.link.clone();
-    match tokio::time::timeout(
-        config.handshake_timeout,
-        dial_inner(peer, expected, wire, local, config),
-    )
-    .await
-    {
-        Ok(result) => result,
+    registry: &Registry,
+) -> Result<Session, ProtoError>
+where
+    F: Future<Output = Result<Wire, ProtoError>>,
+{
+    let opened: Mutex<Option<Link>> = Mutex::new(None);
+    let attempt = async {
+        let wire = open.await?;
+        *opened.lock().unwrap_or_else(PoisonError::into_inner) = Some(wire.link.clone());
+        dial_inner(peer, expected, wire, local, config).await
+    };
+    let (info, wire) = match tokio::time::timeout(config.handshake_timeout, attempt).await {
+        Ok(result) => result?,
         Err(_) => {
-            let err = ProtoError::HandshakeTimeout(config.handshake_timeout);
-            link.close(err.code(), &err.to_string());
-            Err(err)
+            let link = opened.lock().unwrap_or_else(PoisonError::into_inner).take();
+            return Err(match link {
+                Some(link) => {
+                    let err = ProtoError::HandshakeTimeout(config.handshake_timeout);
+                    link.terminate(err.code(), &err.to_string());
+                    err
+                }
+                None => ProtoError::Connect(format!(
+                    "no connection within {:?}",
+                    config.handshake_timeout
+                )),
+            });
         }
-    }
+    };
+    let (session, handle) = Session::new(info.clone(), wire, config);
+    session.set_on_drop(registry.register(&info, &handle));
+    Ok(session)
 }
 
 async fn dial_inner(
@@ -191,7 +261,7 @@ async fn dial_inner(
     mut wire: Wire,
     local: LocalState,
     config: &ProtoConfig,
-) -> Result<Session, ProtoError> {
+) -> Result<(SessionInfo, Wire), ProtoError> {
     let library = local.library;
     let hello = Hello {
         versions: config.versions,
@@ -201,21 +271,22 @@ async fn dial_inner(
         position: local.position,
         models: local.models,
     };
-    wire.send.send(&Message::Hello(hello)).await.map_err(|e| refine(e, library))?;
+    wire.send(&Message::Hello(hello), &config.frame).await.map_err(|e| refine(e, library))?;
     let protocol_error = |link: &Link, err: ProtoError| {
-        link.close(err.code(), &err.to_string());
+        link.terminate(err.code(), &err.to_string());
         Err(err)
     };
-    let ack = match wire.recv.recv(config.handshake_max_frame).await {
+    let ack = match wire.recv(config.handshake_max_frame, config.frame_timeout).await {
         Ok(Some(Message::HelloAck(ack))) => ack,
         Ok(Some(Message::VersionMismatch(m))) => {
             let err = ProtoError::VersionMismatch { ours: config.versions, theirs: m.acceptor };
-            wire.link.close(err.code(), &err.to_string());
+            wire.link.terminate(err.code(), &err.to_string());
             return Err(err);
         }
         Ok(Some(Message::Error(e))) => {
             wire.link.close(ErrorCode::NORMAL, "");
-            return Err(refine(ProtoError::Remote { code: e.code, message: e.message }, library));
+            let message = sanitize_reason(&e.message);
+            return Err(refine(ProtoError::Remote { code: e.code, message }, library));
         }
         Ok(Some(other)) => {
             return protocol_error(
@@ -228,7 +299,9 @@ async fn dial_inner(
                 "peer ended the stream during the handshake".into(),
             ));
         }
-        Err(ProtoError::Frame(e)) => return protocol_error(&wire.link, ProtoError::Frame(e)),
+        Err(e @ (ProtoError::Frame(_) | ProtoError::Timeout { .. })) => {
+            return protocol_error(&wire.link, e);
+        }
         Err(e) => return Err(refine(e, library)),
     };
     if ack.library != library {
@@ -272,7 +345,7 @@ async fn dial_inner(
             models: ack.models,
         },
     };
-    Ok(Session::new(info, wire, config.frame))
+    Ok((info, wire))
 }
 
 /// Turns a refusal code received during the handshake into its typed error.

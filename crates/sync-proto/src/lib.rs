@@ -71,25 +71,31 @@ pub mod limits;
 mod error;
 mod handshake;
 mod membership;
+#[cfg(feature = "test-util")]
 mod memory;
 mod message;
 mod net;
+mod registry;
 mod session;
 mod version;
 
-pub use error::{FrameError, ProtoError};
+pub use error::{FrameError, MAX_REASON_LEN, ProtoError, sanitize_reason};
 pub use frame::FrameConfig;
 pub use limits::{MAX_FRAME_SIZE_CEILING, MAX_MODEL_NAMES};
 pub use membership::{Lookup, MemberTable, Membership};
+#[cfg(feature = "test-util")]
 pub use memory::{Faults, MemoryConnector, MemoryNetwork};
 pub use message::{
     Ack, Assigned, Divergence, Entries, ErrorCode, ErrorMessage, Fetch, Heartbeat, Hello, HelloAck,
     Message, MessageKind, Ping, Pong, Push, PushNotice, SnapshotChunk, SnapshotEnd, SnapshotFetch,
     SnapshotRequired, Submit, SubmitAck, VersionMismatch,
 };
-pub use net::{IrohConnector, SYNC_ALPN, SyncProtocol, bind_loopback, loopback_addr};
+pub use net::{
+    IrohConnector, SYNC_ALPN, SyncProtocol, bind_loopback, bind_loopback_with, loopback_addr,
+    transport_config,
+};
 pub use session::{
-    Connector, LocalState, PeerInfo, ProtoConfig, Role, Session, SessionHandler, SessionInfo,
-    SessionReceiver, SessionSender,
+    Connector, DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW, LocalState, PeerInfo, ProtoConfig,
+    Role, Session, SessionHandler, SessionInfo, SessionReceiver, SessionSender,
 };
 pub use version::{ProtocolVersion, VersionRange};

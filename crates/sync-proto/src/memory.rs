@@ -18,8 +18,21 @@
 //! - **Cut** ([`MemoryNetwork::cut`], [`MemoryNetwork::partition`], removing a node): the link
 //!   dies at once; queued frames are lost and both sides get [`ProtoError::ConnectionLost`]
 //!   (retryable). A partition also refuses new connections until healed.
-//! - A **close with a code** (a refusal, [`Session::close`](crate::Session::close)) delivers
-//!   frames already queued, then the code — like a refusal frame followed by a lingering close.
+//! - **Flow control** is in bytes, as on a QUIC stream: a lane holds at most the receiver's
+//!   [`ProtoConfig::stream_window`] bytes that its reader has not taken yet (a frame larger
+//!   than the window needs the whole window); a sender facing a reader that never reads
+//!   blocks after about that much, as over iroh.
+//! - **Closing** follows iroh: a graceful close ([`Session::close_gracefully`], dropping a
+//!   session, a refusal frame) finishes the lane, waits until the peer has taken every frame
+//!   (at most the linger), then closes with the code; an abrupt close
+//!   ([`Session::close`]) discards frames the peer has not taken yet. Node shutdown
+//!   ([`MemoryNetwork::shutdown_node`], [`MemoryNetwork::shutdown`]) closes every session
+//!   gracefully with [`ErrorCode::SHUTTING_DOWN`]; removing a node is a crash.
+//! - The node's protocol rules are the same code as over iroh: one accepted session per
+//!   (library, device), revocation on membership change, the pending-handshake cap.
+//!
+//! [`Session::close_gracefully`]: crate::Session::close_gracefully
+//! [`Session::close`]: crate::Session::close
 //!
 //! Randomness comes from one seed per network (logged at creation and available from
 //! [`MemoryNetwork::seed`]): each lane draws from its own generator derived from the seed and
@@ -37,21 +50,20 @@ use bytes::Bytes;
 use iroh::{EndpointAddr, EndpointId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::error::ProtoError;
-use crate::frame::{self, FrameConfig};
-use crate::handshake;
+use crate::frame;
+use crate::handshake::{self, Acceptor};
 use crate::membership::Membership;
-use crate::message::{ErrorCode, Message};
+use crate::message::ErrorCode;
+use crate::registry::Registry;
 use crate::session::{
-    Connector, Link, LocalState, ProtoConfig, RecvHalf, SendHalf, Session, SessionHandler, Wire,
+    BoxFuture, Connector, Link, LinkCtl, LocalState, OutFrame, ProtoConfig, Received, RecvLink,
+    SendLink, Session, SessionHandler, Wire,
 };
-
-/// Frames a lane holds before the sender waits (back-pressure, like a stream's window).
-const LANE_CAPACITY: usize = 1024;
 
 /// Faults injected on the frames one node sends to another.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -70,11 +82,13 @@ impl Faults {
         Self { drop_probability: 0.0, delay: Duration::ZERO, jitter: Duration::ZERO };
 }
 
-type AcceptFn = dyn Fn(EndpointId, Wire) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
+type AcceptFn =
+    dyn Fn(EndpointId, Link, Wire) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
 
 struct Node {
     accept: Arc<AcceptFn>,
-    frame: FrameConfig,
+    config: ProtoConfig,
+    registry: Registry,
 }
 
 struct LinkRecord {
@@ -155,24 +169,35 @@ impl MemoryNetwork {
         config: ProtoConfig,
     ) -> MemoryConnector<M>
     where
-        M: Membership + Clone,
+        M: Membership,
         H: SessionHandler,
     {
-        let frame = config.frame;
-        let accept_membership = membership.clone();
-        let accept_config = config.clone();
-        let accept: Arc<AcceptFn> = Arc::new(move |peer, wire: Wire| {
-            let membership = accept_membership.clone();
-            let handler = Arc::clone(&handler);
-            let config = accept_config.clone();
+        let membership = Arc::new(membership);
+        let registry = Registry::new(membership.clone());
+        let acceptor = Arc::new(Acceptor::with_registry(
+            Arc::clone(&membership),
+            handler,
+            config.clone(),
+            registry.clone(),
+        ));
+        let accept: Arc<AcceptFn> = Arc::new(move |peer, link, wire: Wire| {
+            let acceptor = Arc::clone(&acceptor);
             Box::pin(async move {
-                let link = wire.link.clone();
                 let open = async move { Ok(wire) };
-                handshake::serve_incoming(peer, link, open, &membership, &*handler, &config).await;
+                acceptor.serve(peer, link, open).await;
             })
         });
-        self.inner.state().nodes.insert(endpoint, Node { accept, frame });
-        MemoryConnector { net: Arc::downgrade(&self.inner), me: endpoint, membership, config }
+        self.inner
+            .state()
+            .nodes
+            .insert(endpoint, Node { accept, config: config.clone(), registry: registry.clone() });
+        MemoryConnector {
+            net: Arc::downgrade(&self.inner),
+            me: endpoint,
+            membership,
+            config,
+            registry,
+        }
     }
 
     /// Removes a node (a crash): its links are cut and connecting to it fails.
@@ -186,6 +211,27 @@ impl MemoryNetwork {
                 link.cut();
             }
         }
+    }
+
+    /// Shuts a node down as iroh's router and connector do: every session it has (accepted
+    /// or dialled) closes gracefully with [`ErrorCode::SHUTTING_DOWN`] — what was sent still
+    /// arrives — pending handshakes close with it, and the node is gone afterwards.
+    pub async fn shutdown_node(&self, endpoint: &EndpointId) {
+        let node = self
+            .inner
+            .state()
+            .nodes
+            .get(endpoint)
+            .map(|n| (n.registry.clone(), n.config.close_linger));
+        if let Some((registry, linger)) = node {
+            registry.shutdown(linger).await;
+        }
+        self.remove_node(endpoint);
+    }
+
+    /// Live sessions (accepted and dialled) of a node.
+    pub fn live_sessions(&self, endpoint: &EndpointId) -> usize {
+        self.inner.state().nodes.get(endpoint).map_or(0, |n| n.registry.live())
     }
 
     /// Sets the faults on frames sent from `from` to `to` (live and future links).
@@ -219,8 +265,21 @@ impl MemoryNetwork {
         self.inner.state().partitioned.remove(&pair(a, b));
     }
 
-    /// Cuts every link and stops every acceptor task.
+    /// Shuts every node down ([`MemoryNetwork::shutdown_node`]: sessions close gracefully
+    /// with [`ErrorCode::SHUTTING_DOWN`]), cuts what is left and stops every acceptor task.
     pub async fn shutdown(&self) {
+        let nodes: Vec<(Registry, Duration)> = self
+            .inner
+            .state()
+            .nodes
+            .values()
+            .map(|n| (n.registry.clone(), n.config.close_linger))
+            .collect();
+        let mut closing = JoinSet::new();
+        for (registry, linger) in nodes {
+            closing.spawn(async move { registry.shutdown(linger).await });
+        }
+        while closing.join_next().await.is_some() {}
         {
             let state = self.inner.state();
             for record in &state.links {
@@ -236,12 +295,24 @@ impl MemoryNetwork {
 }
 
 /// Dials over a [`MemoryNetwork`]: the [`Connector`] for fast tests.
-#[derive(Clone)]
 pub struct MemoryConnector<M> {
     net: Weak<NetInner>,
     me: EndpointId,
-    membership: M,
+    membership: Arc<M>,
     config: ProtoConfig,
+    registry: Registry,
+}
+
+impl<M> Clone for MemoryConnector<M> {
+    fn clone(&self) -> Self {
+        Self {
+            net: Weak::clone(&self.net),
+            me: self.me,
+            membership: Arc::clone(&self.membership),
+            config: self.config.clone(),
+            registry: self.registry.clone(),
+        }
+    }
 }
 
 impl<M> std::fmt::Debug for MemoryConnector<M> {
@@ -260,7 +331,7 @@ impl<M: Membership> MemoryConnector<M> {
     fn open(&self, to: EndpointId) -> Result<Wire, ProtoError> {
         let net =
             self.net.upgrade().ok_or_else(|| ProtoError::Connect("network is gone".into()))?;
-        let (accept, acceptor_frame) = {
+        let (accept, acceptor_config) = {
             let state = net.state();
             if state.partitioned.contains(&pair(self.me, to)) {
                 return Err(ProtoError::Connect(format!("partitioned from {}", to.fmt_short())));
@@ -269,56 +340,40 @@ impl<M: Membership> MemoryConnector<M> {
                 .nodes
                 .get(&to)
                 .ok_or_else(|| ProtoError::Connect(format!("no node {}", to.fmt_short())))?;
-            (Arc::clone(&node.accept), node.frame)
+            (Arc::clone(&node.accept), node.config.clone())
         };
         let id = net.next_link.fetch_add(1, Ordering::Relaxed);
         let (changed, _) = watch::channel(());
         let shared = Arc::new(LinkShared { id, state: Mutex::new(LinkState::Open), changed });
-        let (tx_ab, rx_ab) = mpsc::channel(LANE_CAPACITY);
-        let (tx_ba, rx_ba) = mpsc::channel(LANE_CAPACITY);
         let lane_rng = |side: u64| {
             let mix =
                 (id.wrapping_mul(2) + side).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             StdRng::seed_from_u64(net.seed ^ mix)
         };
-        let dialer_link = MemLink { shared: Arc::clone(&shared), side: Side::Dialer };
-        let acceptor_link = MemLink { shared: Arc::clone(&shared), side: Side::Acceptor };
-        let dialer = Wire {
-            send: SendHalf::Memory(Box::new(MemSend {
-                tx: Some(tx_ab),
-                link: dialer_link.clone(),
-                from: self.me,
-                to,
-                net: Weak::clone(&self.net),
-                rng: lane_rng(0),
-                last_due: Instant::now(),
-                frame: self.config.frame,
-            })),
-            recv: RecvHalf::Memory(MemRecv {
-                rx: rx_ba,
-                link: dialer_link.clone(),
-                frame: self.config.frame,
-            }),
-            link: Link::Memory(dialer_link),
-        };
-        let acceptor = Wire {
-            send: SendHalf::Memory(Box::new(MemSend {
-                tx: Some(tx_ba),
-                link: acceptor_link.clone(),
-                from: to,
-                to: self.me,
-                net: Weak::clone(&self.net),
-                rng: lane_rng(1),
-                last_due: Instant::now(),
-                frame: acceptor_frame,
-            })),
-            recv: RecvHalf::Memory(MemRecv {
-                rx: rx_ab,
-                link: acceptor_link.clone(),
-                frame: acceptor_frame,
-            }),
-            link: Link::Memory(acceptor_link),
-        };
+        let dialer_ctl = MemLink { shared: Arc::clone(&shared), side: Side::Dialer };
+        let acceptor_ctl = MemLink { shared: Arc::clone(&shared), side: Side::Acceptor };
+        let dialer_link = Link::new(Arc::new(dialer_ctl.clone()));
+        let acceptor_link = Link::new(Arc::new(acceptor_ctl.clone()));
+        // Each lane's window is its *receiver's* stream window, as on QUIC.
+        let (ab_send, ab_recv) = lane(
+            acceptor_config.stream_window,
+            LaneEnds { link: dialer_ctl.clone(), from: self.me, to },
+            acceptor_ctl.clone(),
+            Weak::clone(&self.net),
+            lane_rng(0),
+            acceptor_config.frame.max_frame_size(),
+        );
+        let (ba_send, ba_recv) = lane(
+            self.config.stream_window,
+            LaneEnds { link: acceptor_ctl, from: to, to: self.me },
+            dialer_ctl,
+            Weak::clone(&self.net),
+            lane_rng(1),
+            self.config.frame.max_frame_size(),
+        );
+        let dialer = Wire { send: Box::new(ab_send), recv: Box::new(ba_recv), link: dialer_link };
+        let acceptor =
+            Wire { send: Box::new(ba_send), recv: Box::new(ab_recv), link: acceptor_link.clone() };
         {
             let mut state = net.state();
             state.links.retain(|r| r.link.strong_count() > 0);
@@ -326,16 +381,28 @@ impl<M: Membership> MemoryConnector<M> {
         }
         let mut tasks = net.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         while tasks.try_join_next().is_some() {}
-        tasks.spawn(accept(self.me, acceptor));
+        tasks.spawn(accept(self.me, acceptor_link, acceptor));
         Ok(dialer)
+    }
+
+    /// Live sessions (accepted and dialled) of this connector's node.
+    pub fn live_sessions(&self) -> usize {
+        self.registry.live()
     }
 }
 
-impl<M: Membership + Clone> Connector for MemoryConnector<M> {
+impl<M: Membership> Connector for MemoryConnector<M> {
     async fn connect(&self, peer: EndpointAddr, local: LocalState) -> Result<Session, ProtoError> {
-        let expected = handshake::expected_device(&self.membership, &local.library, &peer.id)?;
-        let wire = self.open(peer.id)?;
-        handshake::dial(peer.id, expected, wire, local, &self.config).await
+        if self.registry.is_shutting_down() {
+            return Err(ProtoError::Terminated {
+                code: ErrorCode::SHUTTING_DOWN,
+                reason: "node shutting down".into(),
+            });
+        }
+        let expected = handshake::expected_device(&*self.membership, &local.library, &peer.id)?;
+        let wire = self.open(peer.id);
+        let open = async move { wire };
+        handshake::dial(peer.id, expected, open, local, &self.config, &self.registry).await
     }
 }
 
@@ -382,24 +449,14 @@ impl LinkShared {
 
 /// One side's handle on a memory link.
 #[derive(Clone, Debug)]
-pub(crate) struct MemLink {
+struct MemLink {
     shared: Arc<LinkShared>,
     side: Side,
 }
 
 impl MemLink {
-    pub(crate) fn close(&self, code: ErrorCode, reason: &str) {
-        {
-            let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if matches!(*state, LinkState::Open) {
-                *state = LinkState::Closed { by: self.side, code, reason: reason.to_string() };
-            }
-        }
-        self.shared.changed.send_replace(());
-    }
-
-    /// The error a send gets now, or `None` while the link is open.
-    fn send_error(&self) -> Option<ProtoError> {
+    /// The error this side gets now, or `None` while the link is open.
+    fn error(&self) -> Option<ProtoError> {
         match self.shared.state() {
             LinkState::Open => None,
             LinkState::Cut => Some(ProtoError::ConnectionLost("memory link cut".into())),
@@ -417,15 +474,24 @@ impl MemLink {
             }
         }
     }
+}
 
-    /// Resolves once the link is cut.
-    async fn cut_signal(&self) {
-        let mut changed = self.shared.changed.subscribe();
-        while !matches!(self.shared.state(), LinkState::Cut) {
-            if changed.changed().await.is_err() {
-                std::future::pending::<()>().await;
+impl LinkCtl for MemLink {
+    fn close(&self, code: ErrorCode, reason: &str) {
+        {
+            let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if matches!(*state, LinkState::Open) {
+                *state = LinkState::Closed { by: self.side, code, reason: reason.to_string() };
             }
         }
+        self.shared.changed.send_replace(());
+    }
+
+    fn closed(&self) -> BoxFuture<'_, ProtoError> {
+        Box::pin(async move {
+            self.not_open().await;
+            self.error().unwrap_or_else(|| ProtoError::ConnectionLost("memory link gone".into()))
+        })
     }
 }
 
@@ -433,117 +499,186 @@ impl MemLink {
 struct Envelope {
     due: Instant,
     frame: Bytes,
+    /// Window bytes the frame holds until its reader takes it.
+    permits: u32,
 }
 
-/// The sending half of a memory link.
-#[derive(Debug)]
-pub(crate) struct MemSend {
-    tx: Option<mpsc::Sender<Envelope>>,
+/// Who a lane's sender is, for faults and errors.
+struct LaneEnds {
+    link: MemLink,
+    from: EndpointId,
+    to: EndpointId,
+}
+
+/// Builds one lane: its sending and receiving halves, with a byte window of `window`.
+fn lane(
+    window: u32,
+    ends: LaneEnds,
+    reader: MemLink,
+    net: Weak<NetInner>,
+    rng: StdRng,
+    reader_max: u32,
+) -> (MemSend, MemRecv) {
+    let window = window.max(1);
+    let credit = Arc::new(Semaphore::new(window as usize));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let send = MemSend {
+        tx: Some(tx),
+        credit: Arc::clone(&credit),
+        window,
+        link: ends.link,
+        from: ends.from,
+        to: ends.to,
+        net,
+        rng,
+        last_due: Instant::now(),
+    };
+    let recv = MemRecv { rx, credit, link: reader, ceiling: reader_max, pending: None };
+    (send, recv)
+}
+
+/// The sending half of a memory lane.
+struct MemSend {
+    tx: Option<mpsc::UnboundedSender<Envelope>>,
+    credit: Arc<Semaphore>,
+    window: u32,
     link: MemLink,
     from: EndpointId,
     to: EndpointId,
     net: Weak<NetInner>,
     rng: StdRng,
     last_due: Instant,
-    frame: FrameConfig,
 }
 
 impl MemSend {
-    pub(crate) async fn send(&mut self, msg: &Message) -> Result<(), ProtoError> {
-        if let Some(err) = self.link.send_error() {
+    async fn send(&mut self, frame: OutFrame) -> Result<(), ProtoError> {
+        if let Some(err) = self.link.error() {
             return Err(err);
         }
-        let Some(tx) = &self.tx else {
+        if self.tx.is_none() {
             return Err(ProtoError::LocallyClosed);
-        };
-        let frame = Bytes::from(frame::encode_frame(msg, &self.frame)?);
+        }
         let faults = self.net.upgrade().map(|n| n.faults(self.from, self.to)).unwrap_or_default();
         if faults.drop_probability > 0.0 && self.rng.random_bool(faults.drop_probability.min(1.0)) {
-            tracing::debug!(link = self.link.shared.id, kind = %msg.kind(), "memory link dropped a frame");
+            tracing::debug!(link = self.link.shared.id, "memory link dropped a frame");
             return Ok(());
         }
+        let len = frame.header.len() + frame.payload.len();
+        let permits = u32::try_from(len).unwrap_or(u32::MAX).min(self.window);
+        // Flow control: wait for the reader to have taken enough.
+        let permit = tokio::select! {
+            permit = self.credit.acquire_many(permits) => permit.map_err(|_| {
+                ProtoError::ConnectionLost("memory lane gone".into())
+            })?,
+            () = self.link.not_open() => {
+                return Err(self.link.error().unwrap_or_else(|| {
+                    ProtoError::ConnectionLost("memory link closed".into())
+                }));
+            }
+        };
+        permit.forget();
+        let mut bytes = Vec::with_capacity(len);
+        bytes.extend_from_slice(&frame.header);
+        bytes.extend_from_slice(&frame.payload);
         let jitter = u64::try_from(faults.jitter.as_nanos()).unwrap_or(u64::MAX);
         let jitter = if jitter == 0 { 0 } else { self.rng.random_range(0..=jitter) };
         let due = (Instant::now() + faults.delay + Duration::from_nanos(jitter)).max(self.last_due);
         self.last_due = due;
-        tokio::select! {
-            sent = tx.send(Envelope { due, frame }) => sent.map_err(|_| {
-                self.link
-                    .send_error()
-                    .unwrap_or_else(|| ProtoError::ConnectionLost("peer dropped its receiver".into()))
+        let envelope = Envelope { due, frame: Bytes::from(bytes), permits };
+        match &self.tx {
+            Some(tx) => tx.send(envelope).map_err(|_| {
+                self.link.error().unwrap_or_else(|| {
+                    ProtoError::ConnectionLost("peer dropped its receiver".into())
+                })
             }),
-            () = self.link.not_open() => Err(self
-                .link
-                .send_error()
-                .unwrap_or_else(|| ProtoError::ConnectionLost("memory link closed".into()))),
+            None => Err(ProtoError::LocallyClosed),
         }
-    }
-
-    /// Ends this lane: the peer reads what is queued, then the end of the stream.
-    pub(crate) fn finish(&mut self) {
-        self.tx = None;
     }
 }
 
-/// The receiving half of a memory link.
-#[derive(Debug)]
-pub(crate) struct MemRecv {
-    rx: mpsc::Receiver<Envelope>,
+impl SendLink for MemSend {
+    fn send_frame<'a>(&'a mut self, frame: OutFrame) -> BoxFuture<'a, Result<(), ProtoError>> {
+        Box::pin(self.send(frame))
+    }
+
+    fn finish(&mut self) -> Result<(), ProtoError> {
+        self.tx = None;
+        Ok(())
+    }
+
+    fn flushed(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Every window byte back means the reader has taken every frame.
+            tokio::select! {
+                _ = self.credit.acquire_many(self.window) => {}
+                () = self.link.not_open() => {}
+            }
+        })
+    }
+}
+
+/// The receiving half of a memory lane.
+struct MemRecv {
+    rx: mpsc::UnboundedReceiver<Envelope>,
+    credit: Arc<Semaphore>,
     link: MemLink,
-    /// The receiver's framing: no frame above its maximum is accepted, whatever `max` a read
-    /// asks for (as [`FrameReader::read_limited`](crate::frame::FrameReader::read_limited)).
-    frame: FrameConfig,
+    /// The receiver's maximum frame size: no frame above it is accepted, whatever `max` a read
+    /// asks for.
+    ceiling: u32,
+    /// A frame taken from the lane and waiting for its due time (kept across cancellation).
+    pending: Option<Envelope>,
 }
 
 impl MemRecv {
-    pub(crate) async fn recv(&mut self, max: u32) -> Result<Option<Message>, ProtoError> {
-        let max = max.min(self.frame.max_frame_size());
+    async fn recv(&mut self, max: u32, idle: Option<Instant>) -> Result<Received, ProtoError> {
+        let max = max.min(self.ceiling);
         loop {
-            let mut changed = self.link.shared.changed.subscribe();
-            match self.link.shared.state() {
-                LinkState::Cut => return Err(ProtoError::ConnectionLost("memory link cut".into())),
-                LinkState::Closed { by, .. } if by == self.link.side => {
-                    return Err(ProtoError::LocallyClosed);
-                }
-                LinkState::Closed { code, reason, .. } => {
-                    // Closed by the peer: what it sent before closing still arrives.
-                    return match self.rx.try_recv() {
-                        Ok(envelope) => self.deliver(envelope, max).await,
-                        Err(_) => Err(ProtoError::Closed { code, reason }),
-                    };
-                }
-                LinkState::Open => {}
+            if let Some(err) = self.link.error() {
+                // Closed or cut: whatever the reader has not taken yet is lost (abrupt close).
+                return Err(err);
             }
+            if let Some(envelope) = &self.pending {
+                let due = envelope.due;
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => {}
+                    () = self.link.not_open() => continue,
+                }
+                let Some(envelope) = self.pending.take() else { continue };
+                self.credit.add_permits(envelope.permits as usize);
+                let (msg, _) = frame::decode_frame_limited(&envelope.frame, max)?;
+                return Ok(Received::Message(msg));
+            }
+            let idle_sleep = async {
+                match idle {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 envelope = self.rx.recv() => match envelope {
-                    Some(envelope) => return self.deliver(envelope, max).await,
+                    Some(envelope) => self.pending = Some(envelope),
                     None => {
-                        if matches!(self.link.shared.state(), LinkState::Open) {
-                            return Ok(None);
+                        if let Some(err) = self.link.error() {
+                            return Err(err);
                         }
+                        return Ok(Received::End);
                     }
                 },
-                changed = changed.changed() => {
-                    if changed.is_err() {
-                        return Err(ProtoError::ConnectionLost("memory link gone".into()));
-                    }
-                }
+                () = self.link.not_open() => {}
+                () = idle_sleep => return Ok(Received::Idle),
             }
         }
     }
+}
 
-    async fn deliver(
-        &mut self,
-        envelope: Envelope,
+impl RecvLink for MemRecv {
+    fn recv_frame<'a>(
+        &'a mut self,
         max: u32,
-    ) -> Result<Option<Message>, ProtoError> {
-        tokio::select! {
-            () = tokio::time::sleep_until(envelope.due) => {}
-            () = self.link.cut_signal() => {
-                return Err(ProtoError::ConnectionLost("memory link cut".into()));
-            }
-        }
-        let (msg, _) = frame::decode_frame_limited(&envelope.frame, max)?;
-        Ok(Some(msg))
+        idle: Option<Instant>,
+        _frame_timeout: Duration,
+    ) -> BoxFuture<'a, Result<Received, ProtoError>> {
+        // A memory frame arrives whole: it cannot stall midway.
+        Box::pin(self.recv(max, idle))
     }
 }

@@ -50,6 +50,13 @@ impl ErrorCode {
     pub const STALE_EPOCH: Self = Self(9);
     /// The receiver failed for a reason of its own.
     pub const INTERNAL: Self = Self(10);
+    /// A newer session of the same device for the same library replaced this one.
+    pub const REPLACED: Self = Self(11);
+    /// A frame did not complete within the frame deadline, or nothing arrived within the idle
+    /// time (and the probe that followed went unanswered).
+    pub const TIMEOUT: Self = Self(12);
+    /// Too many connections from this endpoint are awaiting their handshake; try later.
+    pub const BUSY: Self = Self(13);
 
     /// The name of a known code.
     pub fn name(self) -> Option<&'static str> {
@@ -65,6 +72,9 @@ impl ErrorCode {
             Self::NOT_LEADER => "not-leader",
             Self::STALE_EPOCH => "stale-epoch",
             Self::INTERNAL => "internal",
+            Self::REPLACED => "replaced",
+            Self::TIMEOUT => "timeout",
+            Self::BUSY => "busy",
             _ => return None,
         })
     }
@@ -78,6 +88,8 @@ impl ErrorCode {
                 | Self::SHUTTING_DOWN
                 | Self::NOT_LEADER
                 | Self::INTERNAL
+                | Self::TIMEOUT
+                | Self::BUSY
         )
     }
 }
@@ -424,6 +436,21 @@ messages! {
     50 => Ping(Ping),
     /// Either direction: the answer to a ping.
     51 => Pong(Pong),
+}
+
+impl MessageKind {
+    /// Whether this kind belongs to the handshake alone (`Hello`, `HelloAck`,
+    /// `VersionMismatch`). A session refuses to send one, and closes with
+    /// [`ErrorCode::PROTOCOL_ERROR`] when the peer sends one after the handshake.
+    ///
+    /// ```
+    /// use sync_proto::MessageKind;
+    /// assert!(MessageKind::Hello.is_handshake_only());
+    /// assert!(!MessageKind::Error.is_handshake_only());
+    /// ```
+    pub const fn is_handshake_only(self) -> bool {
+        matches!(self, Self::Hello | Self::HelloAck | Self::VersionMismatch)
+    }
 }
 
 impl fmt::Display for MessageKind {

@@ -161,13 +161,16 @@ async fn delay_and_jitter_keep_order_within_a_lane() {
     p.net.shutdown().await;
 }
 
-/// Frames on different lanes (here two sessions between the same nodes) overtake each other,
-/// but a later frame on a lane never overtakes an earlier one.
+/// Frames on different lanes (here two sessions between the same nodes, about two
+/// libraries) overtake each other, but a later frame on a lane never overtakes an earlier one.
 #[tokio::test(start_paused = true)]
 async fn reordering_happens_across_lanes_only() {
     let p = pair(7);
+    p.server_table.add(library(2), id(2), device(2));
+    p.client_table.add(library(2), id(1), device(1));
+    p.server.add_state(local(library(2), device(1), 0));
     let mut slow = p.client.connect(addr(id(1)), local(library(1), device(2), 4)).await.unwrap();
-    let mut fast = p.client.connect(addr(id(1)), local(library(1), device(2), 4)).await.unwrap();
+    let mut fast = p.client.connect(addr(id(1)), local(library(2), device(2), 4)).await.unwrap();
     p.net.set_faults(id(2), id(1), Faults { delay: Duration::from_millis(100), ..Faults::NONE });
     slow.send(&ping(1)).await.unwrap();
     p.net.set_faults(id(2), id(1), Faults::NONE);

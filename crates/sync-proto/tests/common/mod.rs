@@ -84,6 +84,11 @@ impl Answering {
         Arc::new(me)
     }
 
+    /// Hosts one more library.
+    pub fn add_state(&self, state: LocalState) {
+        self.states.lock().unwrap().insert(state.library, state);
+    }
+
     /// Waits until `check` holds on this handler (checked after every change).
     pub async fn wait_for(&self, what: &str, check: impl Fn(&Self) -> bool) {
         within(what, async {
@@ -136,8 +141,8 @@ impl SessionHandler for Answering {
                         .collect(),
                 }),
                 Message::Error(e) if e.code == ErrorCode::SHUTTING_DOWN => {
-                    session.close(ErrorCode::SHUTTING_DOWN, "asked to");
-                    continue;
+                    session.close_gracefully(ErrorCode::SHUTTING_DOWN, "asked to").await;
+                    break "closed on request".to_string();
                 }
                 _ => continue,
             };
