@@ -435,8 +435,11 @@ impl LinkShared {
     fn cut(&self) -> bool {
         let was_open = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let was = !matches!(*state, LinkState::Cut);
-            *state = LinkState::Cut;
+            // A link already closed with a code stays closed: its peer was told the code.
+            let was = matches!(*state, LinkState::Open);
+            if was {
+                *state = LinkState::Cut;
+            }
             was
         };
         if was_open {
