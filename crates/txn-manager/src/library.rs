@@ -12,7 +12,7 @@ use syncable::{Applied, Registry};
 use tokio::sync::broadcast;
 
 use crate::op::StampCtx;
-use crate::outbox::{OwnEntries, rekey};
+use crate::outbox::{OwnEntries, next_key, rekey};
 use crate::{Clock, DEFAULT_MAX_DRIFT_MS, Error, HybridClock, Op, SystemClock};
 
 /// Entries read from the sync log and applied per library transaction.
@@ -754,7 +754,22 @@ impl Library {
             for e in &fresh {
                 hlc.observe(e.change.hlc);
                 if resubmit_rows > resubmitted {
-                    resubmitted += delete_resubmit(conn, &e.change)?;
+                    match settle_resubmit(conn, &e.change)? {
+                        Resubmit::None => {}
+                        Resubmit::Removed => resubmitted += 1,
+                        Resubmit::Taken(ours) if ours.origin.device == device => {
+                            // Our change under a key the log gives to another: re-keyed into
+                            // the outbox (at the end of this transaction), never dropped.
+                            delete_resubmit(conn, &ours)?;
+                            resubmitted += 1;
+                            own.rekey_later(ours);
+                        }
+                        Resubmit::Taken(theirs) => tracing::warn!(
+                            origin = ?theirs.origin,
+                            "a change waiting for re-submission reuses an origin key the log \
+                             gives to another change; kept for its device to re-key"
+                        ),
+                    }
                 }
                 if e.change.origin.device == device {
                     own.settle(conn, &e.change)?;
@@ -989,8 +1004,29 @@ impl Library {
             let batch = self.resubmit_after(after, APPLY_BATCH)?;
             let Some(&(last, _)) = batch.last() else { return Ok(()) };
             after = last;
-            let changes: Vec<Change> = batch.into_iter().map(|(_, c)| c).collect();
-            let appended = log.append(epoch, &changes)?;
+            let mut changes: Vec<Change> = batch.into_iter().map(|(_, c)| c).collect();
+            // A change whose origin key the log holds with another change (its device handed
+            // the key out twice) must not wedge the leader: it is set aside — ours are
+            // re-keyed into the outbox, another device's stays for that device to re-key
+            // (it does when it applies the log's change under the key) — and the rest goes on.
+            let mut conflicted = Vec::new();
+            let appended = loop {
+                match log.append(epoch, &changes) {
+                    Ok(appended) => break appended,
+                    Err(sync_log::Error::OriginConflict { origin, seq }) => {
+                        let Some(i) = changes.iter().position(|c| c.origin == origin) else {
+                            return Err(sync_log::Error::OriginConflict { origin, seq }.into());
+                        };
+                        tracing::warn!(
+                            ?origin,
+                            log_seq = seq.0,
+                            "a change to re-submit reuses an origin key the log holds: set aside"
+                        );
+                        conflicted.push(changes.remove(i));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             let applied = self.applied_seq;
             let done: Vec<&Change> = changes
                 .iter()
@@ -998,16 +1034,34 @@ impl Library {
                 .filter(|(_, a)| !a.new && a.seq <= applied)
                 .map(|(c, _)| c)
                 .collect();
-            if !done.is_empty() {
-                let removed = self.conn.immediate_transaction(|conn| {
-                    let mut removed = 0;
-                    for c in &done {
-                        removed += delete_resubmit(conn, c)?;
-                    }
-                    Ok::<_, Error>(removed)
-                })?;
-                self.resubmit_rows = self.resubmit_rows.saturating_sub(removed);
+            let ours: Vec<Change> =
+                conflicted.into_iter().filter(|c| c.origin.device == self.device).collect();
+            if done.is_empty() && ours.is_empty() {
+                continue;
             }
+            let mut origin_seq = self.origin_seq;
+            let removed = self.conn.immediate_transaction(|conn| {
+                let mut removed = 0;
+                for c in &done {
+                    removed += delete_resubmit(conn, c)?;
+                }
+                for c in &ours {
+                    removed += delete_resubmit(conn, c)?;
+                    origin_seq = next_key(origin_seq)?;
+                    let mut rekeyed = c.clone();
+                    rekeyed.origin.seq = origin_seq;
+                    diesel::insert_into(outbox::table)
+                        .values(&OutboxRow::new(std::slice::from_ref(&rekeyed))?)
+                        .execute(conn)?;
+                    tracing::warn!(old = c.origin.seq, new = origin_seq, "own change re-keyed");
+                }
+                diesel::update(local_state::table.find(1))
+                    .set(local_state::origin_seq.eq(to_db(origin_seq)))
+                    .execute(conn)?;
+                Ok::<_, Error>(removed)
+            })?;
+            self.origin_seq = origin_seq;
+            self.resubmit_rows = self.resubmit_rows.saturating_sub(removed);
         }
     }
 
@@ -1065,6 +1119,36 @@ fn store_suffix(
             entries.iter().map(|e| ResubmitRow::new(&e.change)).collect::<Result<Vec<_>, _>>()?;
         stored +=
             diesel::insert_or_ignore_into(resubmit::table).values(&rows).execute(conn)? as u64;
+    }
+}
+
+/// What a log entry did to the `resubmit` row under its origin key.
+enum Resubmit {
+    /// No row under the key.
+    None,
+    /// The row held the same change: removed (the change is in the global log now).
+    Removed,
+    /// The row holds another change under the key (its device handed the key out twice):
+    /// kept, and returned.
+    Taken(Change),
+}
+
+/// Settles the `resubmit` row under `change`'s origin key: removed only when it holds the
+/// same change.
+fn settle_resubmit(conn: &mut SqliteConnection, change: &Change) -> Result<Resubmit, Error> {
+    let row: Option<ResubmitRow> = resubmit::table
+        .filter(resubmit::origin_device.eq(Id(change.origin.device.0)))
+        .filter(resubmit::origin_seq.eq(to_db(change.origin.seq)))
+        .select(ResubmitRow::as_select())
+        .first(conn)
+        .optional()?;
+    let Some(row) = row else { return Ok(Resubmit::None) };
+    let stored = row.decode()?;
+    if stored == *change {
+        delete_resubmit(conn, change)?;
+        Ok(Resubmit::Removed)
+    } else {
+        Ok(Resubmit::Taken(stored))
     }
 }
 

@@ -40,6 +40,9 @@ struct Touched {
 #[derive(Default)]
 pub(crate) struct OwnEntries {
     touched: Vec<Touched>,
+    /// Own changes (from `resubmit`) whose key the log gives to another change: each goes
+    /// back to the outbox under a fresh key.
+    loose: Vec<Change>,
 }
 
 impl OwnEntries {
@@ -97,6 +100,12 @@ impl OwnEntries {
         Ok(())
     }
 
+    /// Queues one of our changes that waited for re-submission under a key the log gives to
+    /// another change: [`OwnEntries::finish`] puts it in the outbox under a fresh key.
+    pub(crate) fn rekey_later(&mut self, change: Change) {
+        self.loose.push(change);
+    }
+
     /// Re-keys every row marked in this transaction with origin seqs after `origin_seq` (the
     /// counter, already past every own key seen); returns the new counter and the number of
     /// rows re-keyed.
@@ -108,6 +117,16 @@ impl OwnEntries {
         let mut rekeyed = 0;
         for t in self.touched.into_iter().filter(|t| t.conflict && !t.deleted) {
             origin_seq = rekey(conn, t.last, t.changes, origin_seq)?;
+            rekeyed += 1;
+        }
+        for mut change in self.loose {
+            let old = change.origin.seq;
+            origin_seq = next_key(origin_seq)?;
+            change.origin.seq = origin_seq;
+            diesel::insert_into(outbox::table)
+                .values(&OutboxRow::new(std::slice::from_ref(&change))?)
+                .execute(conn)?;
+            tracing::warn!(old, new = origin_seq, "own change re-keyed into the outbox");
             rekeyed += 1;
         }
         Ok((origin_seq, rekeyed))
@@ -124,14 +143,19 @@ pub(crate) fn rekey(
 ) -> Result<u64, Error> {
     let old = (changes.first().map(|c| c.origin.seq), last);
     for change in &mut changes {
-        origin_seq = origin_seq
-            .checked_add(1)
-            .filter(|s| i64::try_from(*s).is_ok())
-            .ok_or_else(|| Error::Invalid("origin counter exhausted".into()))?;
+        origin_seq = next_key(origin_seq)?;
         change.origin.seq = origin_seq;
     }
     diesel::delete(outbox::table.find(to_db(last))).execute(conn)?;
     diesel::insert_into(outbox::table).values(&OutboxRow::new(&changes)?).execute(conn)?;
     tracing::warn!(?old, new = ?(changes.first().map(|c| c.origin.seq), origin_seq), "outbox row re-keyed");
     Ok(origin_seq)
+}
+
+/// The origin seq after `origin_seq`, refusing to leave the signed 64-bit range.
+pub(crate) fn next_key(origin_seq: u64) -> Result<u64, Error> {
+    origin_seq
+        .checked_add(1)
+        .filter(|s| i64::try_from(*s).is_ok())
+        .ok_or_else(|| Error::Invalid("origin counter exhausted".into()))
 }

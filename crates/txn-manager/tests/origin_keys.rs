@@ -203,3 +203,55 @@ fn a_library_database_refuses_another_librarys_log() {
     let mut lib = open(&f.library, &mut ours);
     assert_eq!(lib.outbox(10).unwrap().len(), 1);
 }
+
+/// A leader whose re-submissions (a discarded suffix) hold changes under origin keys the log
+/// already holds with other changes is not wedged: it sequences the rest, re-keys its own
+/// conflicting change into the outbox (and sequences it), and keeps another device's for that
+/// device to re-key — every later `sequence` succeeds.
+#[test]
+fn a_resubmission_under_a_taken_key_does_not_wedge_the_leader() {
+    use sync_log::{Checksum, LogEntry, OriginKey};
+    let (e, f) = (DeviceId::new_v7(), DeviceId::new_v7());
+    let change = |device: DeviceId, seq: u64, name: &str| {
+        let (mut lib, _) = common::memory_library(device, 1_000 + seq);
+        let mut c = tag(&mut lib, name);
+        c.origin = OriginKey { device, seq };
+        c
+    };
+    let chain = |changes: &[Change], epoch: u64| -> Vec<LogEntry> {
+        let mut prev = Checksum::GENESIS;
+        changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let seq = Seq(i as u64 + 1);
+                let checksum = LogEntry::chain(&prev, seq, Epoch(epoch), c);
+                prev = checksum;
+                LogEntry { seq, epoch: Epoch(epoch), change: c.clone(), checksum }
+            })
+            .collect()
+    };
+    let (y, z, w) = (change(e, 1, "y"), change(DEVICE, 1, "z"), change(f, 1, "w"));
+    let (x, z_other) = (change(e, 1, "x"), change(DEVICE, 1, "z'"));
+
+    let (mut lib, _) = common::memory_library(DEVICE, 5_000);
+    let mut log = SyncLogStore::in_memory(common::LIBRARY).unwrap();
+    lib.receive(&mut log, &chain(&[y.clone(), z.clone(), w.clone()], 1)).unwrap();
+    lib.rewind(&mut log, Seq(0)).unwrap();
+    assert_eq!(lib.resubmit_count(), 3);
+    // The winner's log holds other changes under e's and our first keys.
+    lib.receive(&mut log, &chain(&[x.clone(), z_other.clone()], 2)).unwrap();
+
+    let head = lib.sequence(&mut log, Epoch(3)).unwrap();
+    let entries = log.read_after(Seq(0), 10).unwrap();
+    let has = |c: &Change| entries.iter().any(|en| en.change.payload == c.payload);
+    assert!(has(&w), "the other re-submission was sequenced");
+    assert!(has(&z), "our own conflicting change was re-keyed and sequenced");
+    assert!(!has(&y));
+    assert_eq!(head, Seq(4));
+    assert_eq!(lib.resubmit_count(), 1, "e's change waits for e to re-key it");
+    assert!(lib.outbox(10).unwrap().is_empty());
+    for _ in 0..2 {
+        assert_eq!(lib.sequence(&mut log, Epoch(3)).unwrap(), Seq(4));
+    }
+}
