@@ -1,0 +1,1151 @@
+//! The engine: one task per library that owns the sync state and reacts to messages from
+//! peers, leadership changes, local commits and a housekeeping tick. It carries out what
+//! [`crate::plan`] decides; the blocking work (SQLite) runs on tokio's blocking pool through
+//! the `TransactionManager` and `SyncLog` handles.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use leadership::{Change as LChange, DriverHandle, Message as LMessage, Term};
+use sync_log::{Change, DeviceId, Epoch, LibraryId, LogEntry, Position, Seq, SyncLog};
+use sync_proto::{
+    Ack, Assigned, Divergence, Entries, ErrorCode, ErrorMessage, Fetch, LocalState, MemberTable,
+    Message, PeerInfo, Ping, Pong, Push, PushNotice, SnapshotRequired, Submit, SubmitAck,
+};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use txn_manager::TransactionManager;
+
+use crate::config::Config;
+use crate::peer::{Acceptor, DynConnector, FromPeer, Member, dial_loop};
+use crate::plan::{self, Backoff, CommonSearch, Incoming};
+use crate::status::{ChangedRecord, Event, MAX_EVENT_RECORDS, PeerStatus, Role, Status, SyncState};
+use crate::wire;
+
+/// What the service and the leadership driver tell the engine.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// The leadership machine wants this sent.
+    Leadership { to: leadership::DeviceId, message: LMessage },
+    /// The role changed.
+    Role(LChange),
+    /// A local commit happened.
+    Kick,
+    /// The member list changed.
+    Members(Vec<Member>),
+    /// Stop: sequence or keep what is committed, tell peers, close.
+    Shutdown(oneshot::Sender<()>),
+}
+
+struct Peer {
+    session: u64,
+    tx: mpsc::Sender<Message>,
+    close: Option<oneshot::Sender<ErrorCode>>,
+    position: Position,
+    rtt: Option<Duration>,
+    ping: Option<(u64, Instant)>,
+    /// Pushes could not be queued from this seq on: a `PushNotice` is owed.
+    overflow: Option<Seq>,
+    /// When its position last advanced (or it connected).
+    progress: Instant,
+}
+
+impl Peer {
+    fn send(&self, msg: Message) -> bool {
+        self.tx.try_send(msg).is_ok()
+    }
+}
+
+struct Search {
+    peer: DeviceId,
+    search: CommonSearch,
+    probe: Seq,
+    asked: Instant,
+}
+
+#[derive(Default)]
+struct Forwarded {
+    term: Option<Term>,
+    /// Our own origin seqs up to here were sent to that term's leader.
+    through: u64,
+    at: Option<Instant>,
+}
+
+/// Everything the engine needs at start.
+pub(crate) struct EngineParts {
+    pub(crate) config: Config,
+    pub(crate) library: LibraryId,
+    pub(crate) me: DeviceId,
+    pub(crate) tm: TransactionManager,
+    pub(crate) log: SyncLog,
+    pub(crate) driver: DriverHandle,
+    pub(crate) models: Vec<String>,
+    pub(crate) member_table: MemberTable,
+    pub(crate) connector: DynConnector,
+    pub(crate) acceptor: Acceptor,
+    pub(crate) inbox_tx: mpsc::Sender<FromPeer>,
+    pub(crate) local_tx: watch::Sender<LocalState>,
+    pub(crate) status_tx: watch::Sender<Status>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) seed: u64,
+}
+
+pub(crate) struct Engine {
+    cfg: Config,
+    library: LibraryId,
+    me: DeviceId,
+    tm: TransactionManager,
+    log: SyncLog,
+    driver: DriverHandle,
+    models: Vec<String>,
+    member_table: MemberTable,
+    connector: DynConnector,
+    acceptor: Acceptor,
+    inbox_tx: mpsc::Sender<FromPeer>,
+    local_tx: watch::Sender<LocalState>,
+    status_tx: watch::Sender<Status>,
+    events: broadcast::Sender<Event>,
+    seed: u64,
+
+    members: BTreeMap<DeviceId, Member>,
+    dialers: HashMap<DeviceId, JoinHandle<()>>,
+    stop_tx: watch::Sender<bool>,
+    peers: HashMap<DeviceId, Peer>,
+
+    head: Position,
+    applied: Seq,
+    /// Leader: entries up to here were pushed.
+    pushed_through: Seq,
+    /// Leader: the outbox (or a resubmit) waits to be sequenced.
+    sequence_due: bool,
+    /// Leader: forwarded changes waiting to be sequenced, with their sender.
+    submits: Vec<(DeviceId, Vec<Change>)>,
+    /// Follower: the newest seq the leader announced.
+    leader_seq: Seq,
+    /// Since when this device has been behind the leader.
+    behind_since: Option<Instant>,
+    /// When `applied` last advanced.
+    progress: Instant,
+    fetch: Option<(Seq, Instant)>,
+    forwarded: Forwarded,
+    search: Option<Search>,
+    rewinds: u64,
+    last_error: Option<String>,
+    snapshot: Option<Seq>,
+    last_role: Option<Role>,
+    nonce: u64,
+    ticks: u64,
+    outbox_len: u64,
+    resubmit_len: u64,
+    kept: u64,
+}
+
+/// How many ready events are handled before the leader sequences and pushes: what arrived
+/// while the previous push was in flight is coalesced into one batch.
+const DRAIN: usize = 256;
+
+impl Engine {
+    pub(crate) fn new(parts: EngineParts) -> Self {
+        let (stop_tx, _) = watch::channel(false);
+        let now = Instant::now();
+        Self {
+            cfg: parts.config,
+            library: parts.library,
+            me: parts.me,
+            tm: parts.tm,
+            log: parts.log,
+            driver: parts.driver,
+            models: parts.models,
+            member_table: parts.member_table,
+            connector: parts.connector,
+            acceptor: parts.acceptor,
+            inbox_tx: parts.inbox_tx,
+            local_tx: parts.local_tx,
+            status_tx: parts.status_tx,
+            events: parts.events,
+            seed: parts.seed,
+            members: BTreeMap::new(),
+            dialers: HashMap::new(),
+            stop_tx,
+            peers: HashMap::new(),
+            head: Position::default(),
+            applied: Seq::ZERO,
+            pushed_through: Seq::ZERO,
+            sequence_due: false,
+            submits: Vec::new(),
+            leader_seq: Seq::ZERO,
+            behind_since: None,
+            progress: now,
+            fetch: None,
+            forwarded: Forwarded::default(),
+            search: None,
+            rewinds: 0,
+            last_error: None,
+            snapshot: None,
+            last_role: None,
+            nonce: 0,
+            ticks: 0,
+            outbox_len: 0,
+            resubmit_len: 0,
+            kept: 0,
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        members: Vec<Member>,
+        mut inbox: mpsc::Receiver<FromPeer>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) {
+        // Recovery: whatever a crash left between the two files is applied (or rewound).
+        if let Err(e) = self.tm.catch_up(self.log.clone()).await {
+            self.fail("catch-up at start", &e);
+        }
+        self.refresh().await;
+        self.pushed_through = self.head.seq;
+        self.apply_members(members);
+        self.refresh_counts().await;
+        self.publish();
+        let mut tick = tokio::time::interval(self.cfg.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut stop = None;
+            tokio::select! {
+                biased;
+                c = control.recv() => match c {
+                    Some(Control::Shutdown(reply)) => stop = Some(Some(reply)),
+                    Some(c) => self.on_control(c).await,
+                    None => stop = Some(None),
+                },
+                Some(ev) = inbox.recv() => self.on_peer(ev).await,
+                _ = tick.tick() => self.on_tick().await,
+            }
+            // Coalesce: handle what is already waiting before sequencing and pushing.
+            for _ in 0..DRAIN {
+                if stop.is_some() {
+                    break;
+                }
+                if let Ok(c) = control.try_recv() {
+                    match c {
+                        Control::Shutdown(reply) => stop = Some(Some(reply)),
+                        c => self.on_control(c).await,
+                    }
+                    continue;
+                }
+                match inbox.try_recv() {
+                    Ok(ev) => self.on_peer(ev).await,
+                    Err(_) => break,
+                }
+            }
+            self.step().await;
+            self.publish();
+            if let Some(reply) = stop {
+                self.shutdown().await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+                return;
+            }
+        }
+    }
+
+    // ---- helpers ------------------------------------------------------------------------
+
+    fn fail(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        warn!(library = %self.library, device = %self.me, error = %e, "{what} failed");
+        self.last_error = Some(format!("{what}: {e}"));
+    }
+
+    async fn refresh(&mut self) {
+        match self.log.head().await {
+            Ok(head) => self.head = head,
+            Err(e) => self.fail("reading the log head", &e),
+        }
+        match self.tm.applied_seq().await {
+            Ok(applied) => {
+                if applied > self.applied {
+                    self.progress = Instant::now();
+                }
+                self.applied = applied;
+            }
+            Err(e) => self.fail("reading the applied seq", &e),
+        }
+        let _ = self.driver.set_position(leadership::Position(self.head.seq.0));
+    }
+
+    #[allow(clippy::result_large_err)] // the closure's error is txn_manager::Error, sized by its crate
+    async fn refresh_counts(&mut self) {
+        let counts = self
+            .tm
+            .with(|l| {
+                let outbox = l.outbox(10_000)?.len() as u64;
+                let kept = l.pending_count()?;
+                Ok((outbox, l.resubmit_count(), kept))
+            })
+            .await;
+        match counts {
+            Ok((o, r, k)) => (self.outbox_len, self.resubmit_len, self.kept) = (o, r, k),
+            Err(e) => self.fail("counting the outbox", &e),
+        }
+    }
+
+    /// The term this device may sequence in now (re-read before every batch).
+    fn can_sequence(&self) -> Option<Term> {
+        self.driver.fence().can_sequence()
+    }
+
+    /// The leader this device follows, if it follows one.
+    fn leader(&self) -> Option<DeviceId> {
+        let status = self.driver.status();
+        let term = status.leader?;
+        (term.leader != wire::to_l(self.me)).then(|| wire::from_l(term.leader))
+    }
+
+    fn send(&self, to: DeviceId, msg: Message) -> bool {
+        self.peers.get(&to).is_some_and(|p| p.send(msg))
+    }
+
+    fn emit_applied(&self, entries: &[LogEntry]) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let mut seen = BTreeSet::new();
+        for e in entries.iter().take(MAX_EVENT_RECORDS) {
+            seen.insert(ChangedRecord { model: e.change.model.clone(), record: e.change.record });
+        }
+        let records: Arc<[ChangedRecord]> = seen.into_iter().collect();
+        let _ = self.events.send(Event::Applied {
+            from: first.seq,
+            through: last.seq,
+            records,
+            truncated: entries.len() > MAX_EVENT_RECORDS,
+        });
+    }
+
+    // ---- members and dialling -------------------------------------------------------------
+
+    fn apply_members(&mut self, list: Vec<Member>) {
+        let new: BTreeMap<DeviceId, Member> = list.into_iter().map(|m| (m.device, m)).collect();
+        for (device, old) in &self.members {
+            if !new.contains_key(device) {
+                info!(library = %self.library, %device, "member removed: closing its session");
+                self.member_table.remove(&self.library, &old.addr.id);
+                if let Some(mut peer) = self.peers.remove(device)
+                    && let Some(close) = peer.close.take()
+                {
+                    let _ = close.send(ErrorCode::NOT_A_MEMBER);
+                }
+                if let Some(task) = self.dialers.remove(device) {
+                    task.abort();
+                }
+            }
+        }
+        self.member_table.host(self.library);
+        for (device, member) in &new {
+            self.member_table.add(self.library, member.addr.id, *device);
+            if *device != self.me
+                && plan::dials(self.me, *device)
+                && !self.dialers.contains_key(device)
+            {
+                let seed = self.seed ^ device.0.as_u128() as u64;
+                let task = tokio::spawn(dial_loop(
+                    self.connector.clone(),
+                    member.clone(),
+                    self.local_tx.subscribe(),
+                    self.inbox_tx.clone(),
+                    self.cfg.peer_queue,
+                    Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max, seed),
+                    self.stop_tx.subscribe(),
+                ));
+                self.dialers.insert(*device, task);
+            }
+        }
+        let mut set: BTreeSet<leadership::DeviceId> = new.keys().map(|d| wire::to_l(*d)).collect();
+        set.insert(wire::to_l(self.me));
+        let _ = self.driver.set_members(set);
+        self.members = new;
+    }
+
+    // ---- control ----------------------------------------------------------------------------
+
+    async fn on_control(&mut self, c: Control) {
+        match c {
+            Control::Leadership { to, message } => {
+                if let Some(msg) = wire::encode(&message) {
+                    self.send(wire::from_l(to), msg);
+                }
+            }
+            Control::Role(change) => self.on_role(change).await,
+            Control::Kick => {
+                if self.can_sequence().is_some() {
+                    self.sequence_due = true;
+                } else {
+                    self.forward(false).await;
+                }
+            }
+            Control::Members(list) => self.apply_members(list),
+            Control::Shutdown(_) => {}
+        }
+    }
+
+    async fn on_role(&mut self, change: LChange) {
+        match change {
+            LChange::BecomeLeader { term } | LChange::Resume { term } => {
+                info!(library = %self.library, device = %self.me, %term, "sequencing");
+                self.sequence_due = true;
+                self.refresh().await;
+                self.pushed_through = self.head.seq;
+                self.fetch = None;
+                self.search = None;
+            }
+            LChange::StepDown(step) => {
+                // Stop at once; followers keep their changes and re-forward them to the
+                // winner, our own outbox is forwarded on the next `Follow`.
+                info!(library = %self.library, device = %self.me, term = %step.term, "stepped down");
+                self.submits.clear();
+                self.sequence_due = false;
+            }
+            LChange::Follow { term } => {
+                self.forwarded = Forwarded::default();
+                self.fetch = None;
+                self.search = None;
+                let leader = wire::from_l(term.leader);
+                if self.peers.contains_key(&leader) {
+                    self.on_leader_reachable(leader, None).await;
+                }
+            }
+            LChange::Pause { term } => {
+                warn!(library = %self.library, %term, "no member heard: sequencing paused");
+            }
+            _ => {}
+        }
+    }
+
+    // ---- peers ------------------------------------------------------------------------------
+
+    async fn on_peer(&mut self, ev: FromPeer) {
+        match ev {
+            FromPeer::Up { peer, session, tx, close, info } => {
+                self.on_up(peer, session, tx, close, info).await
+            }
+            FromPeer::Msg { peer, session, msg } => {
+                if self.peers.get(&peer).is_some_and(|p| p.session == session) {
+                    self.on_message(peer, msg).await;
+                }
+            }
+            FromPeer::Down { peer, session } => {
+                if self.peers.get(&peer).is_some_and(|p| p.session == session) {
+                    debug!(library = %self.library, %peer, "session down");
+                    self.peers.remove(&peer);
+                }
+            }
+        }
+    }
+
+    async fn on_up(
+        &mut self,
+        peer: DeviceId,
+        session: u64,
+        tx: mpsc::Sender<Message>,
+        close: oneshot::Sender<ErrorCode>,
+        info: PeerInfo,
+    ) {
+        if !self.members.contains_key(&peer) || peer == self.me {
+            let _ = close.send(ErrorCode::NOT_A_MEMBER);
+            return;
+        }
+        if let Some(mut old) = self.peers.remove(&peer)
+            && let Some(close) = old.close.take()
+        {
+            // One session per pair: the newer one wins.
+            let _ = close.send(ErrorCode::NORMAL);
+        }
+        debug!(library = %self.library, %peer, session, position = %info.position.seq, "session up");
+        self.peers.insert(
+            peer,
+            Peer {
+                session,
+                tx,
+                close: Some(close),
+                position: info.position,
+                rtt: None,
+                ping: None,
+                overflow: None,
+                progress: Instant::now(),
+            },
+        );
+        if let Some(term) = self.can_sequence() {
+            self.check_follower(peer, info.position, term).await;
+        } else if self.leader() == Some(peer) {
+            self.on_leader_reachable(peer, Some(info.position)).await;
+        }
+    }
+
+    /// Leader: tells a follower whose log differs from ours at its position.
+    async fn check_follower(&mut self, peer: DeviceId, theirs: Position, term: Term) {
+        if theirs.seq > self.head.seq || theirs.seq == Seq::ZERO {
+            return;
+        }
+        match self.log.checksum_at(theirs.seq).await {
+            Ok(Some(ours)) if ours != theirs.checksum => {
+                info!(library = %self.library, %peer, seq = %theirs.seq, "follower diverged");
+                self.send(
+                    peer,
+                    Message::Divergence(Divergence {
+                        epoch: wire::epoch_from_l(term.epoch),
+                        leader: self.me,
+                        yours: theirs,
+                        ours: Position { seq: theirs.seq, checksum: ours },
+                    }),
+                );
+            }
+            Ok(_) | Err(sync_log::Error::Pruned { .. }) => {}
+            Err(e) => self.fail("checking a follower's position", &e),
+        }
+    }
+
+    /// Follower: the leader is connected (again): compare, catch up, forward.
+    async fn on_leader_reachable(&mut self, leader: DeviceId, theirs: Option<Position>) {
+        if let Some(theirs) = theirs
+            && theirs.seq <= self.head.seq
+            && theirs.seq > Seq::ZERO
+        {
+            match self.log.checksum_at(theirs.seq).await {
+                Ok(Some(ours)) if ours != theirs.checksum => {
+                    self.start_search(leader, theirs.seq).await;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        self.request_fetch(true);
+        self.forward(true).await;
+    }
+
+    async fn on_message(&mut self, peer: DeviceId, msg: Message) {
+        if let Some(decoded) = wire::decode(&msg) {
+            match decoded {
+                Ok(lm) => {
+                    if let LMessage::Heartbeat { term, position } = lm
+                        && wire::from_l(term.leader) == peer
+                    {
+                        self.on_heartbeat(peer, Seq(position.0));
+                    }
+                    let _ = self.driver.deliver(wire::to_l(peer), lm);
+                }
+                Err(e) => {
+                    warn!(library = %self.library, %peer, error = %e, "bad leadership message")
+                }
+            }
+            return;
+        }
+        match msg {
+            Message::Ping(ping) => {
+                self.send(peer, Message::Pong(Pong { nonce: ping.nonce, payload: ping.payload }));
+            }
+            Message::Pong(pong) => {
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && let Some((nonce, at)) = p.ping
+                    && nonce == pong.nonce
+                {
+                    p.rtt = Some(at.elapsed());
+                    p.ping = None;
+                }
+            }
+            Message::Push(push) => self.on_push(peer, push).await,
+            Message::PushNotice(notice) => {
+                if self.leader() == Some(peer) {
+                    self.leader_seq = self.leader_seq.max(notice.latest);
+                    self.request_fetch(true);
+                }
+            }
+            Message::Fetch(fetch) => self.serve_fetch(peer, fetch).await,
+            Message::Entries(entries) => self.on_entries(peer, entries).await,
+            Message::Ack(ack) => self.on_ack(peer, ack).await,
+            Message::Submit(submit) => {
+                if self.can_sequence().is_some() {
+                    self.submits.push((peer, submit.changes));
+                } else {
+                    self.send(
+                        peer,
+                        Message::Error(ErrorMessage {
+                            code: ErrorCode::NOT_LEADER,
+                            message: "this device does not lead".into(),
+                        }),
+                    );
+                }
+            }
+            Message::SubmitAck(_) => {}
+            Message::SnapshotRequired(sr) => {
+                if self.leader() == Some(peer) {
+                    warn!(library = %self.library, through = %sr.compacted_through, "snapshot required");
+                    self.snapshot = Some(sr.compacted_through);
+                    self.last_error = Some(format!(
+                        "a snapshot is required: the leader pruned its log through seq {} \
+                         (snapshots come with the jobs issue)",
+                        sr.compacted_through
+                    ));
+                    self.fetch = None;
+                }
+            }
+            Message::Divergence(d) => {
+                if self.leader() == Some(peer) && d.is_consistent() {
+                    self.start_search(peer, d.yours.seq).await;
+                }
+            }
+            Message::Error(e) => {
+                debug!(library = %self.library, %peer, code = %e.code, message = %e.message, "peer error");
+                if e.code == ErrorCode::SHUTTING_DOWN {
+                    self.peers.remove(&peer);
+                }
+            }
+            other => {
+                debug!(library = %self.library, %peer, kind = %other.kind(), "unexpected message ignored");
+            }
+        }
+    }
+
+    fn on_heartbeat(&mut self, peer: DeviceId, seq: Seq) {
+        if self.leader() != Some(peer) {
+            return;
+        }
+        self.leader_seq = self.leader_seq.max(seq);
+        // A missed push (dropped, or sent before we connected) shows here.
+        if seq > self.head.seq {
+            self.request_fetch(false);
+        }
+    }
+
+    // ---- follower ---------------------------------------------------------------------------
+
+    fn request_fetch(&mut self, force: bool) {
+        let Some(leader) = self.leader() else { return };
+        if self.snapshot.is_some() || self.search.is_some() {
+            return;
+        }
+        if !force
+            && let Some((after, at)) = self.fetch
+            && after == self.head.seq
+            && at.elapsed() < self.cfg.resend_after
+        {
+            return;
+        }
+        let fetch = Fetch { after: self.head.seq, limit: self.cfg.page };
+        if self.send(leader, Message::Fetch(fetch)) {
+            self.fetch = Some((self.head.seq, Instant::now()));
+        }
+    }
+
+    async fn on_push(&mut self, peer: DeviceId, push: Push) {
+        let term = Term::new(leadership::Epoch(push.epoch.0), wire::to_l(peer));
+        match self.driver.fence().check(term) {
+            leadership::Verdict::Accept => {}
+            leadership::Verdict::NewerTerm { theirs } => {
+                // The machine learns the term; the `Follow` that follows fetches.
+                let _ = self.driver.observe(theirs);
+                return;
+            }
+            leadership::Verdict::RefuseStale { .. } => {
+                debug!(library = %self.library, %peer, %term, "stale push refused");
+                return;
+            }
+        }
+        if let Some(last) = push.entries.last() {
+            self.leader_seq = self.leader_seq.max(last.seq);
+        }
+        self.apply(peer, push.entries).await;
+    }
+
+    async fn on_entries(&mut self, peer: DeviceId, entries: Entries) {
+        if self.search.as_ref().is_some_and(|s| s.peer == peer) {
+            self.on_probe(entries).await;
+            return;
+        }
+        if self.leader() != Some(peer) {
+            return;
+        }
+        self.fetch = None;
+        self.leader_seq = self.leader_seq.max(entries.latest);
+        if entries.entries.is_empty() && entries.latest < self.head.seq {
+            // Our log goes past the leader's: that suffix is not in the global log.
+            self.start_search(peer, entries.latest.next()).await;
+            return;
+        }
+        let more = entries.more;
+        self.apply(peer, entries.entries).await;
+        if more {
+            self.request_fetch(true);
+        }
+    }
+
+    async fn apply(&mut self, from: DeviceId, entries: Vec<LogEntry>) {
+        let Some(first) = entries.first().map(|e| e.seq) else { return };
+        if plan::classify(self.head.seq, first) == Incoming::Gap {
+            self.request_fetch(false);
+            return;
+        }
+        let before = self.applied;
+        match self.tm.receive(self.log.clone(), entries.clone()).await {
+            Ok(_) => {
+                self.refresh().await;
+                let fresh: Vec<LogEntry> = entries.into_iter().filter(|e| e.seq > before).collect();
+                self.emit_applied(&fresh);
+                self.send(from, Message::Ack(Ack { applied: self.head }));
+            }
+            Err(txn_manager::Error::Log(sync_log::Error::Diverged { seq, .. })) => {
+                self.start_search(from, seq).await;
+            }
+            Err(txn_manager::Error::Log(sync_log::Error::Gap { .. })) => self.request_fetch(true),
+            Err(e) => self.fail("applying entries", &e),
+        }
+    }
+
+    async fn start_search(&mut self, peer: DeviceId, differs: Seq) {
+        let floor = match self.log.with(|s| Ok(s.floor())).await {
+            Ok(floor) => floor.seq,
+            Err(e) => {
+                self.fail("reading the log floor", &e);
+                return;
+            }
+        };
+        let differs = differs.min(self.head.seq.next());
+        info!(library = %self.library, %peer, %differs, "log diverged from the leader's: searching the last common seq");
+        let search = CommonSearch::new(floor, differs);
+        self.search = Some(Search { peer, search, probe: Seq::ZERO, asked: Instant::now() });
+        self.fetch = None;
+        self.next_probe().await;
+    }
+
+    async fn next_probe(&mut self) {
+        let Some(s) = self.search.as_mut() else { return };
+        match s.search.probe() {
+            Some(probe) => {
+                s.probe = probe;
+                s.asked = Instant::now();
+                let peer = s.peer;
+                self.send(peer, Message::Fetch(Fetch { after: Seq(probe.0 - 1), limit: 1 }));
+            }
+            None => {
+                let common = s.search.answer();
+                self.finish_search(common).await;
+            }
+        }
+    }
+
+    async fn on_probe(&mut self, entries: Entries) {
+        let Some(probe) = self.search.as_ref().map(|s| s.probe) else { return };
+        let theirs = entries.entries.first().filter(|e| e.seq == probe).map(|e| e.checksum);
+        if theirs.is_none() && !entries.entries.is_empty() {
+            return; // an answer to something else
+        }
+        let ours = match self.log.checksum_at(probe).await {
+            Ok(ours) => ours,
+            Err(e) => {
+                self.fail("reading a checksum", &e);
+                return;
+            }
+        };
+        let matched = theirs.is_some() && ours == theirs;
+        if let Some(s) = self.search.as_mut() {
+            s.search.record(probe, matched);
+        }
+        self.next_probe().await;
+    }
+
+    async fn finish_search(&mut self, common: Seq) {
+        self.search = None;
+        match self.tm.rewind(self.log.clone(), common).await {
+            Ok(report) => {
+                self.rewinds += 1;
+                info!(library = %self.library, common = %common, discarded = report.discarded, "rewound after a divergence");
+                let _ = self.events.send(Event::Rewound { common });
+                self.refresh().await;
+                self.refresh_counts().await;
+                self.request_fetch(true);
+                self.forward(true).await;
+            }
+            Err(e) => self.fail("rewinding", &e),
+        }
+    }
+
+    /// Sends the resubmit table and the outbox (or only what is new since the last send) to
+    /// the leader.
+    #[allow(clippy::result_large_err)] // the closure's error is txn_manager::Error, sized by its crate
+    async fn forward(&mut self, force: bool) {
+        let Some(leader) = self.leader() else { return };
+        if !self.peers.contains_key(&leader) {
+            return;
+        }
+        let term = self.driver.status().leader;
+        let force = force || self.forwarded.term != term;
+        let through = if force { 0 } else { self.forwarded.through };
+        let page = self.cfg.page as usize;
+        let me = self.me;
+        let changes = self
+            .tm
+            .with(move |l| {
+                let mut changes = if force { l.resubmit(page)? } else { Vec::new() };
+                if force && l.resubmit_count() == 0 {
+                    changes.clear();
+                }
+                changes.extend(
+                    l.outbox(page)?
+                        .into_iter()
+                        .filter(|c| c.origin.device != me || c.origin.seq > through),
+                );
+                Ok(changes)
+            })
+            .await;
+        let changes = match changes {
+            Ok(c) => c,
+            Err(e) => {
+                self.fail("reading the outbox", &e);
+                return;
+            }
+        };
+        if changes.is_empty() {
+            return;
+        }
+        let last_own = changes.iter().filter(|c| c.origin.device == me).map(|c| c.origin.seq).max();
+        if self.send(leader, Message::Submit(Submit { changes })) {
+            self.forwarded.term = term;
+            self.forwarded.through = last_own.unwrap_or(through).max(through);
+            self.forwarded.at = Some(Instant::now());
+        }
+    }
+
+    // ---- leader -----------------------------------------------------------------------------
+
+    async fn serve_fetch(&mut self, peer: DeviceId, fetch: Fetch) {
+        let limit = fetch.limit.clamp(1, self.cfg.page) as usize;
+        let reply = match self.log.read_after(fetch.after, limit).await {
+            Ok(entries) => {
+                let latest = self.head.seq;
+                let more = entries.last().is_some_and(|e| e.seq < latest);
+                Message::Entries(Entries { entries, latest, more })
+            }
+            Err(sync_log::Error::Pruned { floor, .. }) => {
+                let snapshot = self.log.with(|s| Ok(s.floor())).await.unwrap_or_default();
+                Message::SnapshotRequired(SnapshotRequired {
+                    compacted_through: floor,
+                    snapshot,
+                    total_bytes: 0,
+                })
+            }
+            Err(e) => {
+                self.fail("serving a fetch", &e);
+                Message::Error(ErrorMessage { code: ErrorCode::INTERNAL, message: e.to_string() })
+            }
+        };
+        // Dropped when the peer's queue is full: it asks again.
+        self.send(peer, reply);
+    }
+
+    async fn on_ack(&mut self, peer: DeviceId, ack: Ack) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if ack.applied.seq > p.position.seq {
+                p.progress = Instant::now();
+            }
+            p.position = ack.applied;
+        }
+        if let Some(term) = self.can_sequence() {
+            self.check_follower(peer, ack.applied, term).await;
+        }
+    }
+
+    /// Leader: sequence what waits, then push it to every connected peer at once.
+    async fn step(&mut self) {
+        let Some(term) = self.can_sequence() else {
+            self.submits.clear();
+            return;
+        };
+        let epoch = Epoch(term.epoch.0);
+        let mut appended = false;
+        for (peer, changes) in std::mem::take(&mut self.submits) {
+            if self.can_sequence() != Some(term) {
+                return;
+            }
+            let origins: Vec<_> = changes.iter().map(|c| c.origin).collect();
+            match self.log.append(epoch, changes).await {
+                Ok(result) => {
+                    appended |= result.iter().any(|a| a.new);
+                    let assigned = origins
+                        .into_iter()
+                        .zip(result)
+                        .map(|(origin, a)| Assigned { origin, seq: a.seq })
+                        .collect();
+                    self.send(peer, Message::SubmitAck(SubmitAck { epoch, assigned }));
+                }
+                Err(e) => {
+                    self.fail("sequencing a submit", &e);
+                    let code = if e.is_retryable() {
+                        ErrorCode::INTERNAL
+                    } else {
+                        ErrorCode::PROTOCOL_ERROR
+                    };
+                    self.send(peer, Message::Error(ErrorMessage { code, message: e.to_string() }));
+                }
+            }
+        }
+        if self.can_sequence() != Some(term) {
+            return;
+        }
+        let result = if self.sequence_due {
+            self.sequence_due = false;
+            self.tm.sequence(self.log.clone(), epoch).await.map(|_| ())
+        } else if appended {
+            self.tm.catch_up(self.log.clone()).await.map(|_| ())
+        } else if self.head.seq > self.pushed_through {
+            Ok(())
+        } else {
+            return;
+        };
+        if let Err(e) = result {
+            self.fail("sequencing", &e);
+            self.sequence_due = true;
+        }
+        self.refresh().await;
+        self.push(term).await;
+    }
+
+    async fn push(&mut self, term: Term) {
+        if self.head.seq <= self.pushed_through {
+            return;
+        }
+        let first = self.pushed_through.next();
+        let count = (self.head.seq.0 - self.pushed_through.0) as usize;
+        let entries = if count <= self.cfg.push_max {
+            match self.log.read_after(self.pushed_through, count).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    self.fail("reading entries to push", &e);
+                    return;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        self.emit_applied(&entries);
+        let epoch = wire::epoch_from_l(term.epoch);
+        let latest = self.head.seq;
+        let push = (!entries.is_empty()).then_some(Push { epoch, entries });
+        for p in self.peers.values_mut() {
+            let notice_from = p.overflow.or(push.is_none().then_some(first));
+            match (notice_from, &push) {
+                (None, Some(push)) => {
+                    if !p.send(Message::Push(push.clone())) {
+                        p.overflow = Some(first);
+                    }
+                }
+                (Some(from), _) => {
+                    let notice = PushNotice { epoch, first: from, latest };
+                    p.overflow =
+                        if p.send(Message::PushNotice(notice)) { None } else { Some(from) };
+                }
+                (None, None) => {}
+            }
+        }
+        self.pushed_through = self.head.seq;
+    }
+
+    // ---- housekeeping ----------------------------------------------------------------------
+
+    async fn on_tick(&mut self) {
+        self.ticks += 1;
+        self.nonce += 1;
+        let nonce = self.nonce;
+        for p in self.peers.values_mut() {
+            if p.ping.is_none_or(|(_, at)| at.elapsed() > self.cfg.resend_after)
+                && p.send(Message::Ping(Ping { nonce, payload: Bytes::new() }))
+            {
+                p.ping = Some((nonce, Instant::now()));
+            }
+        }
+        if self.ticks % 4 == 1 {
+            self.refresh_counts().await;
+        }
+        if let Some(s) = &self.search {
+            if s.asked.elapsed() > self.cfg.resend_after {
+                self.next_probe().await;
+            }
+            return;
+        }
+        if self.can_sequence().is_some() {
+            if self.outbox_len > 0 || self.resubmit_len > 0 {
+                self.sequence_due = true;
+            }
+            // Peers owed a notice get it once their queue has room.
+            if let Some(term) = self.can_sequence()
+                && self.peers.values().any(|p| p.overflow.is_some())
+            {
+                let epoch = wire::epoch_from_l(term.epoch);
+                let latest = self.head.seq;
+                for p in self.peers.values_mut() {
+                    if let Some(from) = p.overflow
+                        && p.send(Message::PushNotice(PushNotice { epoch, first: from, latest }))
+                    {
+                        p.overflow = None;
+                    }
+                }
+            }
+            return;
+        }
+        if self.leader_seq > self.head.seq {
+            self.request_fetch(false);
+        }
+        let stale = self.forwarded.at.is_none_or(|at| at.elapsed() > self.cfg.resend_after);
+        if (self.outbox_len > 0 || self.resubmit_len > 0) && stale {
+            self.forward(true).await;
+        }
+    }
+
+    fn publish(&mut self) {
+        let ls = self.driver.status();
+        let role = match (ls.role, ls.leader) {
+            (leadership::RoleKind::Leader, _) if ls.paused => Role::PausedLeader,
+            (leadership::RoleKind::Leader, _) => Role::Leader,
+            (_, Some(_)) => Role::Follower,
+            _ => Role::NoLeader,
+        };
+        if self.last_role != Some(role) {
+            self.last_role = Some(role);
+            let _ = self.events.send(Event::Role(role));
+        }
+        let leading = role == Role::Leader || role == Role::PausedLeader;
+        let leader_seq = if leading { self.head.seq } else { self.leader_seq.max(self.applied) };
+        let lag_entries = leader_seq.0.saturating_sub(self.applied.0);
+        let now = Instant::now();
+        match (lag_entries, self.behind_since) {
+            (0, _) => self.behind_since = None,
+            (_, None) => self.behind_since = Some(now),
+            _ => {}
+        }
+        let lag = self.behind_since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let stuck_after = self.cfg.stuck_after;
+        let head = self.head.seq;
+        let peers: Vec<PeerStatus> = {
+            let mut peers: Vec<PeerStatus> = self
+                .members
+                .keys()
+                .filter(|d| **d != self.me)
+                .map(|d| match self.peers.get(d) {
+                    Some(p) => PeerStatus {
+                        device: *d,
+                        connected: true,
+                        rtt: p.rtt,
+                        position: p.position,
+                        stuck: leading
+                            && p.position.seq < head
+                            && p.progress.elapsed() > stuck_after,
+                    },
+                    None => PeerStatus {
+                        device: *d,
+                        connected: false,
+                        rtt: None,
+                        position: Position::default(),
+                        stuck: false,
+                    },
+                })
+                .collect();
+            peers.sort_by_key(|p| p.device);
+            peers
+        };
+        let leader = ls.leader.map(|t| wire::from_l(t.leader));
+        let leader_connected = leader.is_some_and(|l| l == self.me || self.peers.contains_key(&l));
+        let pending = self.outbox_len + self.resubmit_len;
+        let state = if let Some(through) = self.snapshot {
+            SyncState::SnapshotRequired { compacted_through: through }
+        } else if !leader_connected || role == Role::PausedLeader {
+            if pending == 0
+                && lag_entries == 0
+                && role != Role::NoLeader
+                && role != Role::PausedLeader
+            {
+                SyncState::InSync
+            } else {
+                SyncState::Offline
+            }
+        } else if lag_entries > 0 && self.progress.elapsed() > stuck_after && lag > stuck_after {
+            SyncState::Stuck {
+                reason: format!("{lag_entries} entries behind the leader and not advancing"),
+            }
+        } else if let Some(p) = peers.iter().find(|p| p.stuck) {
+            SyncState::Stuck { reason: format!("peer {} connected but not advancing", p.device) }
+        } else if lag_entries > 0 || pending > 0 || self.search.is_some() {
+            SyncState::Syncing
+        } else {
+            SyncState::InSync
+        };
+        let status = Status {
+            device: self.me,
+            role,
+            epoch: Epoch(ls.max_epoch.0),
+            leader,
+            applied_seq: self.applied,
+            log_head: self.head,
+            leader_seq,
+            lag_entries,
+            lag,
+            peers,
+            outbox_len: self.outbox_len,
+            resubmit_len: self.resubmit_len,
+            kept: self.kept,
+            rewinds: self.rewinds,
+            state,
+            last_error: self.last_error.clone(),
+        };
+        self.status_tx.send_if_modified(|old| {
+            if *old == status {
+                false
+            } else {
+                *old = status;
+                true
+            }
+        });
+        let local = LocalState {
+            library: self.library,
+            device: self.me,
+            epoch: Epoch(ls.max_epoch.0),
+            position: self.head,
+            models: self.models.clone(),
+        };
+        self.local_tx.send_if_modified(|old| {
+            if *old == local {
+                false
+            } else {
+                *old = local;
+                true
+            }
+        });
+    }
+
+    async fn shutdown(&mut self) {
+        info!(library = %self.library, device = %self.me, "shutting down");
+        // Sequence (as leader) what is committed; as follower it stays in the outbox.
+        if self.can_sequence().is_some() {
+            self.sequence_due = true;
+            self.step().await;
+        }
+        for (_, p) in self.peers.drain() {
+            let _ = p.tx.try_send(Message::Error(ErrorMessage {
+                code: ErrorCode::SHUTTING_DOWN,
+                message: "shutting down".into(),
+            }));
+            // Dropping the queue (before the close handle, by field order) lets the writer
+            // deliver what was queued, then finish the stream.
+            drop(p);
+        }
+        let _ = self.stop_tx.send(true);
+        let _ = self.driver.shutdown().await;
+        self.acceptor.detach(&self.library);
+        for (_, task) in self.dialers.drain() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+        self.publish();
+    }
+}

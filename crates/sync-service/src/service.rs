@@ -1,0 +1,281 @@
+//! [`SyncService`]: the public async API for one library on one device.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use leadership::LeadershipStore;
+use leadership::driver::{self, DriverParams, FirstStart};
+use sync_log::{Change, DeviceId, LibraryId, SyncLog};
+use sync_proto::{Connector, LocalState, MemberTable};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+use txn_manager::{Op, TransactionManager};
+
+use crate::config::Config;
+use crate::engine::{Control, Engine, EngineParts};
+use crate::error::{Error, Result};
+use crate::peer::{Acceptor, DynConnector, Member};
+use crate::status::{Event, Status};
+use crate::wire;
+
+/// Incoming messages waiting for the engine, all peers together; beyond this a session's
+/// reader waits (backpressure onto that peer's stream).
+const INBOX: usize = 1_024;
+/// Events kept for slow subscribers (a subscriber that falls further behind is told it
+/// lagged, by the broadcast channel).
+const EVENTS: usize = 1_024;
+
+/// Everything a [`SyncService`] is started with.
+#[non_exhaustive]
+pub struct ServiceParams {
+    /// The library.
+    pub library: LibraryId,
+    /// This device.
+    pub device: DeviceId,
+    /// The library's write path (opened on this device's library database).
+    pub tm: TransactionManager,
+    /// The library's sync log on this device.
+    pub log: SyncLog,
+    /// Where leadership's record is kept (in the product:
+    /// [`txn_manager::DeviceLeadershipStore`]).
+    pub leadership_store: Arc<dyn LeadershipStore>,
+    /// Used only when the store holds no record: whether this device created the library.
+    pub first_start: FirstStart,
+    /// The members (this device may be among them).
+    pub members: Vec<Member>,
+    /// The transport's membership table, kept up to date by the service.
+    pub member_table: MemberTable,
+    /// The host's acceptor, registered with the transport.
+    pub acceptor: Acceptor,
+    /// Tuning.
+    pub config: Config,
+    /// Seed for the reconnect jitter (print it to replay a test).
+    pub seed: u64,
+}
+
+impl ServiceParams {
+    /// Parameters with the default [`Config`] and seed 0.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        library: LibraryId,
+        device: DeviceId,
+        tm: TransactionManager,
+        log: SyncLog,
+        leadership_store: Arc<dyn LeadershipStore>,
+        first_start: FirstStart,
+        members: Vec<Member>,
+        member_table: MemberTable,
+        acceptor: Acceptor,
+    ) -> Self {
+        Self {
+            library,
+            device,
+            tm,
+            log,
+            leadership_store,
+            first_start,
+            members,
+            member_table,
+            acceptor,
+            config: Config::default(),
+            seed: 0,
+        }
+    }
+}
+
+struct Inner {
+    library: LibraryId,
+    device: DeviceId,
+    tm: TransactionManager,
+    control: mpsc::UnboundedSender<Control>,
+    status: watch::Receiver<Status>,
+    events: broadcast::Sender<Event>,
+    accepting: AtomicBool,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Real-time sync of one library on one device: a host runs one per library.
+///
+/// It owns the library's engine task (leader sequencing and pushes, follower apply, catch-up,
+/// forwarding, divergence repair), the leadership driver and one session per peer. Cheap to
+/// clone. Writes go through [`SyncService::commit`]; they are durable locally when it returns,
+/// whether or not a leader is reachable.
+#[derive(Clone)]
+pub struct SyncService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SyncService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncService")
+            .field("library", &self.inner.library)
+            .field("device", &self.inner.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncService {
+    /// Starts the service: recovers what a crash left (catch-up), starts leadership, attaches
+    /// to the acceptor and dials the members this device dials (the lower device id of a pair).
+    #[allow(clippy::result_large_err)] // the closure's error is txn_manager::Error, sized by its crate
+    pub async fn start<C: Connector>(params: ServiceParams, connector: C) -> Result<Self> {
+        params.config.validate()?;
+        let ServiceParams {
+            library,
+            device,
+            tm,
+            log,
+            leadership_store,
+            first_start,
+            members,
+            member_table,
+            acceptor,
+            config,
+            seed,
+        } = params;
+        let head = log.head().await?;
+        let models =
+            tm.with(|l| Ok(l.registry().names().map(str::to_owned).collect::<Vec<_>>())).await?;
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let mut member_ids: std::collections::BTreeSet<leadership::DeviceId> =
+            members.iter().map(|m| wire::to_l(m.device)).collect();
+        member_ids.insert(wire::to_l(device));
+        let transport = {
+            let tx = control_tx.clone();
+            move |to: leadership::DeviceId, message: leadership::Message| {
+                let _ = tx.send(Control::Leadership { to, message });
+            }
+        };
+        let observer = {
+            let tx = control_tx.clone();
+            move |change: &leadership::Change| {
+                let _ = tx.send(Control::Role(change.clone()));
+            }
+        };
+        let dparams = DriverParams {
+            config: config.leadership,
+            me: wire::to_l(device),
+            members: member_ids,
+            first_start,
+            position: leadership::Position(head.seq.0),
+        };
+        let (driver, _driver_task) =
+            driver::spawn(dparams, leadership_store, transport, observer).await?;
+        let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
+        let local = LocalState {
+            library,
+            device,
+            epoch: sync_log::Epoch(driver.status().max_epoch.0),
+            position: head,
+            models: models.clone(),
+        };
+        let (local_tx, local_rx) = watch::channel(local);
+        let (status_tx, status_rx) = watch::channel(Status::new(device));
+        let (events, _) = broadcast::channel(EVENTS);
+        acceptor.attach(library, local_rx, inbox_tx.clone(), config.peer_queue);
+        let engine = Engine::new(EngineParts {
+            config,
+            library,
+            me: device,
+            tm: tm.clone(),
+            log,
+            driver,
+            models,
+            member_table,
+            connector: DynConnector::new(connector),
+            acceptor,
+            inbox_tx,
+            local_tx,
+            status_tx,
+            events: events.clone(),
+            seed,
+        });
+        let span = tracing::info_span!("library", %library, %device);
+        let task = tokio::spawn(engine.run(members, inbox_rx, control_rx).instrument(span));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                library,
+                device,
+                tm,
+                control: control_tx,
+                status: status_rx,
+                events,
+                accepting: AtomicBool::new(true),
+                task: std::sync::Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// Commits local writes in one transaction (model rows and outbox row together) and
+    /// returns their changes. Durable locally when it returns; this device then sequences
+    /// them at once if it leads, or forwards them to the leader as soon as one is reachable.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Change>> {
+        if !self.inner.accepting.load(Ordering::SeqCst) {
+            return Err(Error::Stopped);
+        }
+        let changes = self.inner.tm.commit(ops).await?;
+        let _ = self.inner.control.send(Control::Kick);
+        Ok(changes)
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.inner.status.borrow().clone()
+    }
+
+    /// A receiver that sees every new status.
+    pub fn watch_status(&self) -> watch::Receiver<Status> {
+        self.inner.status.clone()
+    }
+
+    /// The event stream (applied batches with the records they changed, role changes,
+    /// rewinds).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// The library's write path, for reads (content hash, queries).
+    pub fn transaction_manager(&self) -> &TransactionManager {
+        &self.inner.tm
+    }
+
+    /// The content hash of this device's copy of the library.
+    #[allow(clippy::result_large_err)] // the closure's error is txn_manager::Error, sized by its crate
+    pub async fn content_hash(&self) -> Result<syncable::ContentHash> {
+        Ok(self.inner.tm.with(|l| l.content_hash()).await?)
+    }
+
+    /// Replaces the member list (a device added or removed): a removed device's session is
+    /// closed at once and it is refused from then on.
+    pub fn set_members(&self, members: Vec<Member>) -> Result<()> {
+        self.inner.control.send(Control::Members(members)).map_err(|_| Error::Stopped)
+    }
+
+    /// Stops cleanly: refuses new writes, sequences (when leading) what is committed, tells
+    /// the peers `shutting-down`, delivers what was queued, closes. Writes committed before
+    /// are durable either way; a follower's unsent ones stay in its outbox.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.inner.accepting.store(false, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        if self.inner.control.send(Control::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let task = self.inner.task.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    /// Stops at once, as a crash would (for tests of abrupt stops): nothing is sequenced or
+    /// sent; the write path's durability is all that is left.
+    pub fn abort(&self) {
+        self.inner.accepting.store(false, Ordering::SeqCst);
+        if let Ok(mut task) = self.inner.task.lock()
+            && let Some(task) = task.take()
+        {
+            task.abort();
+        }
+    }
+}
