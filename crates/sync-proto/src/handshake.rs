@@ -228,13 +228,15 @@ where
     F: Future<Output = Result<Wire, ProtoError>>,
 {
     let opened: Mutex<Option<Link>> = Mutex::new(None);
+    let local_library = local.library;
     let attempt = async {
         let wire = open.await?;
         *opened.lock().unwrap_or_else(PoisonError::into_inner) = Some(wire.link.clone());
         dial_inner(peer, expected, wire, local, config).await
     };
+    let library = local_library;
     let (info, wire) = match tokio::time::timeout(config.handshake_timeout, attempt).await {
-        Ok(result) => result?,
+        Ok(result) => result.map_err(|e| refine(e, library))?,
         Err(_) => {
             let link = opened.lock().unwrap_or_else(PoisonError::into_inner).take();
             return Err(match link {
