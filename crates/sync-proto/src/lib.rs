@@ -20,9 +20,33 @@
 //! - Handshake: hello / hello-ack; refuses unknown endpoints before reading, foreign libraries
 //!   and non-members after reading only the bounded hello; no common version gives both sides
 //!   [`ProtoError::VersionMismatch`] naming both ranges.
-//! - [`Session`]: the authenticated, ordered message channel the service talks through.
+//! - [`Session`]: the authenticated, ordered message channel the service talks through. It
+//!   owns the small link seam (send a frame, read a frame, close) that each transport
+//!   implements, so the transports depend on the session and never the reverse.
 //! - Transports: [`SyncProtocol`] (an iroh `ProtocolHandler` for [`SYNC_ALPN`]) with
-//!   [`IrohConnector`]; [`MemoryNetwork`] with [`MemoryConnector`] and [`Faults`].
+//!   [`IrohConnector`]; and, behind the **`test-util`** feature, `MemoryNetwork` with
+//!   `MemoryConnector` and `Faults` — the same handshake, framing and node rules over
+//!   channels, with seeded fault injection, for the service's fast tests. Enable it from a
+//!   dev-dependency: `sync-proto = { workspace = true, features = ["test-util"] }`.
+//!
+//! ## What one member can pin
+//!
+//! A paired device can turn hostile. Per connection: one bidirectional stream and no other
+//! ([`transport_config`]), [`ProtoConfig::stream_window`] / [`ProtoConfig::connection_window`]
+//! bytes ahead of the reader, one frame being read (allocated as its bytes arrive, complete
+//! within [`ProtoConfig::frame_timeout`]). Per (library, device): one accepted session — a
+//! newer one replaces the older ([`ErrorCode::REPLACED`]). Per endpoint:
+//! [`ProtoConfig::max_pending_handshakes`] connections awaiting a hello. A silent session is
+//! probed after [`ProtoConfig::idle_timeout`] and closed after twice that. Removing a member
+//! ([`Membership::subscribe`]) closes its live sessions at once. `docs/protocol.md` lists
+//! every limit and timeout.
+//!
+//! ## Closing
+//!
+//! A graceful close ([`Session::close_gracefully`], dropping a session, returning from
+//! [`SessionHandler::serve`], node shutdown with [`ErrorCode::SHUTTING_DOWN`]) delivers
+//! everything sent before it; [`Session::close`] is abrupt and may lose data in flight. Both
+//! transports behave the same (one test suite runs against both).
 //!
 //! ## Plugging in the service
 //!
