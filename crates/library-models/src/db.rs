@@ -10,7 +10,7 @@ use crate::Error;
 use crate::schema::library_meta;
 
 /// The schema version this build writes and the highest it can open.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// How long a connection waits for a lock held by another connection.
 pub const BUSY_TIMEOUT_MS: u32 = 5_000;
@@ -45,9 +45,141 @@ pub fn open_library(path: &Path) -> Result<SqliteConnection, Error> {
         .map_err(|e| open_err(path, e))?;
     check_version(&mut conn, path)?;
     conn.batch_execute(PRAGMAS).map_err(|e| open_err(path, e))?;
+    let components = registered_migrations()?;
+    check_component_versions(&mut conn, path, &components)?;
     conn.run_pending_migrations(MIGRATIONS)
         .map_err(|e| Error::Migration { path: path.to_owned(), detail: e.to_string() })?;
+    run_component_migrations(&mut conn, path, &components)?;
     Ok(conn)
+}
+
+/// The migrations of one crate that adds models to the library database, registered with
+/// [`crate::register_migrations!`] (zero-touch, like models: no central list).
+#[derive(Debug)]
+pub struct Migrations {
+    /// The component's name (unique; its schema version is recorded under it).
+    pub component: &'static str,
+    /// Where it was registered (for error messages).
+    pub module: &'static str,
+    /// The steps, by version (1, 2, …).
+    pub steps: &'static [Migration],
+}
+
+/// One step of a component's schema.
+#[derive(Debug)]
+pub struct Migration {
+    /// The schema version this step leads to.
+    pub version: u32,
+    /// The SQL of the step (one or more statements).
+    pub up: fn() -> String,
+}
+
+syncable::inventory::collect!(Migrations);
+
+/// Registers the schema migrations of a crate that adds models: `(version, fn() -> String)`
+/// steps, run by [`open_library`] (and so by `txn_manager::Library::open`) in version order
+/// after this crate's own migrations, components in name order; each step runs in one
+/// transaction with the component's recorded version (`library_meta`,
+/// `schema_version:<component>`). A database whose recorded version of a component is newer
+/// than the build knows is refused ([`Error::NewerSchema`]), before anything runs.
+///
+/// ```
+/// library_models::register_migrations!("doc-example", [
+///     (1, || "CREATE TABLE IF NOT EXISTS doc_example (id INTEGER PRIMARY KEY)".to_owned()),
+///     (2, || "ALTER TABLE doc_example ADD COLUMN note TEXT".to_owned()),
+/// ]);
+/// let mut conn = library_models::open_library(":memory:".as_ref())?;
+/// # let _ = &mut conn;
+/// # Ok::<(), library_models::Error>(())
+/// ```
+#[macro_export]
+macro_rules! register_migrations {
+    ($component:literal, [ $( ($version:literal, $up:expr) ),* $(,)? ]) => {
+        $crate::__private::syncable::inventory::submit! {
+            $crate::Migrations {
+                component: $component,
+                module: module_path!(),
+                steps: &[ $( $crate::Migration { version: $version, up: $up } ),* ],
+            }
+        }
+    };
+}
+
+/// Every registered component, sorted by name; two registrations of one name are an error.
+fn registered_migrations() -> Result<Vec<&'static Migrations>, Error> {
+    let mut all: Vec<&'static Migrations> =
+        syncable::inventory::iter::<Migrations>.into_iter().collect();
+    all.sort_by_key(|m| m.component);
+    for pair in all.windows(2) {
+        if pair[0].component == pair[1].component {
+            return Err(Error::InvalidArgument(format!(
+                "migrations of component {:?} registered twice: in {} and in {}",
+                pair[0].component, pair[0].module, pair[1].module
+            )));
+        }
+    }
+    Ok(all)
+}
+
+fn component_key(component: &str) -> String {
+    format!("schema_version:{component}")
+}
+
+fn component_version(conn: &mut SqliteConnection, component: &str) -> Result<u32, Error> {
+    if !table_exists(conn, "library_meta")? {
+        return Ok(0);
+    }
+    let v: Option<String> = library_meta::table
+        .find(component_key(component))
+        .select(library_meta::value)
+        .first(conn)
+        .optional()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+fn check_component_versions(
+    conn: &mut SqliteConnection,
+    path: &Path,
+    components: &[&Migrations],
+) -> Result<(), Error> {
+    for m in components {
+        let supported = m.steps.iter().map(|s| s.version).max().unwrap_or(0);
+        let file = component_version(conn, m.component)?;
+        if file > supported {
+            return Err(Error::NewerSchema { path: path.join(m.component), file, supported });
+        }
+    }
+    Ok(())
+}
+
+fn run_component_migrations(
+    conn: &mut SqliteConnection,
+    path: &Path,
+    components: &[&Migrations],
+) -> Result<(), Error> {
+    for m in components {
+        let recorded = component_version(conn, m.component)?;
+        let mut steps: Vec<&Migration> = m.steps.iter().filter(|s| s.version > recorded).collect();
+        steps.sort_by_key(|s| s.version);
+        for step in steps {
+            conn.immediate_transaction(|conn| {
+                conn.batch_execute(&(step.up)())?;
+                diesel::replace_into(library_meta::table)
+                    .values((
+                        library_meta::key.eq(component_key(m.component)),
+                        library_meta::value.eq(step.version.to_string()),
+                    ))
+                    .execute(conn)?;
+                Ok::<_, diesel::result::Error>(())
+            })
+            .map_err(|e| Error::Migration {
+                path: path.to_owned(),
+                detail: format!("{} version {}: {e}", m.component, step.version),
+            })?;
+            tracing::info!(component = m.component, version = step.version, "migrated");
+        }
+    }
+    Ok(())
 }
 
 /// The schema version recorded in the database (`None` for an empty database).

@@ -10,11 +10,11 @@ use crate::{Error, LibraryModel};
 /// Rows read per query while hashing a table.
 const PAGE: i64 = 10_000;
 
-/// [`syncable::Syncable::hash_rows`] of every reference model: pages through the table in uuid
-/// order (tombstones included) and feeds each row as its payload encoding
-/// ([`syncable::Syncable::encode`]: every synced column, sync columns included, and no local
-/// column — the struct has none).
-pub(crate) fn hash_rows<T: LibraryModel>(
+/// [`syncable::Syncable::hash_rows`] of every model the kit defines: pages through the table in
+/// uuid order (tombstones included) and feeds each row's encoding ([`sync_log::codec`] of the
+/// struct: every synced column, sync columns and per-field stamps included, and no local column
+/// — the struct has none).
+pub fn hash_rows<T: LibraryModel + serde::Serialize>(
     conn: &mut SqliteConnection,
     row: &mut dyn FnMut(&[u8]),
 ) -> Result<(), syncable::Error> {
@@ -24,7 +24,13 @@ pub(crate) fn hash_rows<T: LibraryModel>(
         let Some(last) = page.last() else { break };
         after = Some(last.uuid());
         for record in &page {
-            row(&record.encode()?);
+            let bytes =
+                sync_log::codec::encode(record).map_err(|source| syncable::Error::Payload {
+                    model: T::MODEL.to_owned(),
+                    record: record.uuid().0,
+                    source,
+                })?;
+            row(&bytes);
         }
         if page.len() < PAGE as usize {
             break;

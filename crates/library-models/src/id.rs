@@ -16,6 +16,7 @@ use uuid::Uuid;
 #[derive(
     Clone,
     Copy,
+    Default,
     PartialEq,
     Eq,
     PartialOrd,
@@ -72,5 +73,36 @@ impl FromSql<Binary, Sqlite> for Id {
     fn from_sql(value: SqliteValue<'_, '_, '_>) -> deserialize::Result<Self> {
         let bytes = <Vec<u8> as FromSql<Binary, Sqlite>>::from_sql(value)?;
         Ok(Self(Uuid::from_slice(&bytes)?))
+    }
+}
+
+/// A value stored in one BLOB column in its [`sync_log::codec`] encoding: the way a model
+/// field holds a list, a map or a small struct (e.g. `entries: Encoded<Vec<Id>> => Binary`).
+/// Serialized transparently (as the inner value) in payloads.
+///
+/// ```
+/// use library_models::{Encoded, Id};
+/// let ids = Encoded(vec![Id::new_v7(), Id::new_v7()]);
+/// assert_eq!(ids.0.len(), 2);
+/// ```
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, AsExpression, FromSqlRow,
+)]
+#[diesel(sql_type = Binary)]
+#[serde(transparent)]
+pub struct Encoded<T>(pub T);
+
+impl<T: Serialize + fmt::Debug> ToSql<Binary, Sqlite> for Encoded<T> {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> serialize::Result {
+        let bytes = sync_log::codec::encode(&self.0)?;
+        out.set_value(bytes);
+        Ok(IsNull::No)
+    }
+}
+
+impl<T: serde::de::DeserializeOwned> FromSql<Binary, Sqlite> for Encoded<T> {
+    fn from_sql(value: SqliteValue<'_, '_, '_>) -> deserialize::Result<Self> {
+        let bytes = <Vec<u8> as FromSql<Binary, Sqlite>>::from_sql(value)?;
+        Ok(Self(sync_log::codec::decode(&bytes)?))
     }
 }

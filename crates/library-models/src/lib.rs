@@ -65,18 +65,23 @@ mod id;
 mod local;
 mod model;
 mod models;
+#[doc(hidden)]
 pub mod schema;
 
 use std::path::PathBuf;
 
-pub use db::{BUSY_TIMEOUT_MS, PRAGMAS, SCHEMA_VERSION, open_library, schema_version};
+pub use db::{
+    BUSY_TIMEOUT_MS, Migration, Migrations, PRAGMAS, SCHEMA_VERSION, open_library, schema_version,
+};
 pub use hash::{ContentHash, REFERENCE_MODELS, content_hash};
-pub use id::Id;
+pub use id::{Encoded, Id};
 pub use local::{
     LocalState, OutboxRow, PendingRow, ResubmitRow, leadership_state, library_id,
     set_leadership_state, set_library_id,
 };
-pub use model::LibraryModel;
+#[doc(hidden)]
+pub use model::__private;
+pub use model::{FieldPatch, FieldStamps, LibraryModel, Merge, PatchField, SqlColumn};
 pub use models::{Collection, Device, Entry, Location, Tag, UserMetadata, UserMetadataTag};
 
 /// Everything that can go wrong in this crate.

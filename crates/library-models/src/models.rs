@@ -1,145 +1,145 @@
 //! The reference models of a library.
 
 use crate::Id;
-use crate::model::{library_model, overwrite_on_conflict};
 
-library_model! {
+crate::model! {
     /// A member device of the library. (Its row also has a local, never-synced
     /// `sync_leadership` column: see [`crate::leadership_state`].)
-    Device, table = device, model = "device", revivable = false,
+    pub struct Device {
+        table: device,
+        model: "device",
+        merge: per_record,
+        revivable: false,
+    }
     fields {
         /// Display name.
-        name: String,
+        name: String => Text,
         /// Operating system, free text.
-        os: String,
+        os: String => Text,
+    }
+    local {
+        sync_leadership => Nullable<Binary>,
     }
 }
 
-library_model! {
-    /// A folder indexed on one device.
-    Location, table = location, model = "location", revivable = false,
+crate::model! {
+    /// A folder indexed on one device. Edited by hand: merges per field.
+    pub struct Location {
+        table: location,
+        model: "location",
+        merge: per_field,
+        revivable: false,
+    }
     fields {
         /// The device that holds the folder.
-        owner_device: Id,
+        owner_device: Id => Binary,
         /// Display name.
-        name: String,
+        name: String => Text,
         /// Path on the owner device.
-        path: String,
+        path: String => Text,
     }
 }
 
-library_model! {
-    /// A tag.
-    Tag, table = tag, model = "tag", revivable = false,
+crate::model! {
+    /// A tag. Edited by hand: merges per field.
+    pub struct Tag {
+        table: tag,
+        model: "tag",
+        merge: per_field,
+        revivable: false,
+    }
     fields {
         /// Display name.
-        name: String,
+        name: String => Text,
         /// Colour, e.g. `#ff8800`.
-        color: Option<String>,
+        color: Option<String> => Nullable<Text>,
     }
 }
 
-library_model! {
-    /// A user collection.
-    Collection, table = collection, model = "collection", revivable = false,
+crate::model! {
+    /// A user collection. Edited by hand: merges per field.
+    pub struct Collection {
+        table: collection,
+        model: "collection",
+        merge: per_field,
+        revivable: false,
+    }
     fields {
         /// Display name.
-        name: String,
+        name: String => Text,
         /// Free text.
-        description: Option<String>,
+        description: Option<String> => Nullable<Text>,
     }
 }
 
-library_model! {
-    /// What the user says about a file: note, favourite, hidden.
-    UserMetadata, table = user_metadata, model = "user_metadata", revivable = false,
+crate::model! {
+    /// What the user says about a file: note, favourite, hidden. Edited by hand: merges per
+    /// field ("favourite on the phone" and "a note on the laptop" both survive).
+    pub struct UserMetadata {
+        table: user_metadata,
+        model: "user_metadata",
+        merge: per_field,
+        revivable: false,
+    }
     fields {
         /// The entry described (may arrive later than this row).
-        entry: Option<Id>,
+        entry: Option<Id> => Nullable<Binary>,
         /// Free text.
-        note: Option<String>,
+        note: Option<String> => Nullable<Text>,
         /// Favourite flag.
-        favorite: bool,
+        favorite: bool => Bool,
         /// Hidden flag.
-        hidden: bool,
+        hidden: bool => Bool,
     }
 }
 
-library_model! {
+crate::model! {
     /// The link between a [`UserMetadata`] and a [`Tag`]. Its id is derived from the pair
     /// ([`UserMetadataTag::link_id`]), so adding and removing the same link on two devices are
     /// writes to one record and converge by last-writer-wins; a removed link is a tombstone and
-    /// re-adding it writes a new version of the same record.
-    UserMetadataTag, table = user_metadata_tag, model = "user_metadata_tag", revivable = true,
+    /// re-adding it writes a new version of the same record. Written whole: merges per record.
+    pub struct UserMetadataTag {
+        table: user_metadata_tag,
+        model: "user_metadata_tag",
+        merge: per_record,
+        revivable: true,
+    }
     fields {
         /// The metadata side.
-        user_metadata: Id,
+        user_metadata: Id => Binary,
         /// The tag side.
-        tag: Id,
+        tag: Id => Binary,
     }
 }
 
-library_model! {
-    /// A file-index row: one file or directory under a location.
-    Entry, table = entry, model = "entry", revivable = false,
+crate::model! {
+    /// A file-index row: one file or directory under a location. Written whole (by the
+    /// indexer, often in bulk): merges per record.
+    pub struct Entry {
+        table: entry,
+        model: "entry",
+        merge: per_record,
+        revivable: false,
+    }
     fields {
         /// The location it belongs to.
-        location: Id,
+        location: Id => Binary,
         /// The parent directory entry (`None` at the location root).
-        parent: Option<Id>,
+        parent: Option<Id> => Nullable<Binary>,
         /// File name.
-        name: String,
+        name: String => Text,
         /// Kind code (0 file, 1 directory, 2 symlink; others reserved).
-        kind: i16,
+        kind: i16 => SmallInt,
         /// Size in bytes.
-        size: i64,
+        size: i64 => BigInt,
         /// Creation time, Unix milliseconds.
-        created_at: i64,
+        created_at: i64 => BigInt,
         /// Modification time, Unix milliseconds.
-        modified_at: i64,
+        modified_at: i64 => BigInt,
         /// Content hash (e.g. blake3), when computed.
-        content_hash: Option<Vec<u8>>,
+        content_hash: Option<Vec<u8>> => Nullable<Binary>,
     }
 }
-
-/// A fresh record with zeroed sync columns: the write path sets them when it commits.
-fn unstamped() -> (i64, i64, Id, bool) {
-    (0, 0, Id(uuid::Uuid::nil()), false)
-}
-
-macro_rules! new_fn {
-    ($name:ident { $($field:ident : $ty:ty),* }) => {
-        #[allow(clippy::too_many_arguments)]
-        impl $name {
-            /// A new record with a fresh UUIDv7 id; the write path stamps it on commit.
-            pub fn new($($field: $ty),*) -> Self {
-                Self::with_id(Id::new_v7(), $($field),*)
-            }
-
-            /// A record with the given id; the write path stamps it on commit.
-            pub fn with_id(uuid: Id, $($field: $ty),*) -> Self {
-                let (version, hlc, device_id, tombstone) = unstamped();
-                Self { uuid, $($field,)* version, hlc, device_id, tombstone }
-            }
-        }
-    };
-}
-
-new_fn!(Device { name: String, os: String });
-new_fn!(Location { owner_device: Id, name: String, path: String });
-new_fn!(Tag { name: String, color: Option<String> });
-new_fn!(Collection { name: String, description: Option<String> });
-new_fn!(UserMetadata { entry: Option<Id>, note: Option<String>, favorite: bool, hidden: bool });
-new_fn!(Entry {
-    location: Id,
-    parent: Option<Id>,
-    name: String,
-    kind: i16,
-    size: i64,
-    created_at: i64,
-    modified_at: i64,
-    content_hash: Option<Vec<u8>>
-});
 
 impl UserMetadataTag {
     /// The deterministic id of the link between `user_metadata` and `tag`: the first 16 bytes
@@ -165,15 +165,6 @@ impl UserMetadataTag {
     /// The link between `user_metadata` and `tag` (with its derived id); the write path stamps
     /// it on commit.
     pub fn link(user_metadata: Id, tag: Id) -> Self {
-        let (version, hlc, device_id, tombstone) = unstamped();
-        Self {
-            uuid: Self::link_id(user_metadata, tag),
-            user_metadata,
-            tag,
-            version,
-            hlc,
-            device_id,
-            tombstone,
-        }
+        Self::with_id(Self::link_id(user_metadata, tag), user_metadata, tag)
     }
 }

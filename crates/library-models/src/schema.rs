@@ -1,99 +1,11 @@
-//! The diesel schema of the library database (kept by hand in step with `migrations/`).
+//! The diesel schema of the library database: the local tables (kept by hand in step with
+//! `migrations/`) and, re-exported, the model tables [`crate::model!`] generates. Internal:
+//! hidden from the docs, for this workspace's tests and write path only.
 #![allow(missing_docs)]
 
-diesel::table! {
-    device (uuid) {
-        uuid -> Binary,
-        name -> Text,
-        os -> Text,
-        version -> BigInt,
-        hlc -> BigInt,
-        device_id -> Binary,
-        tombstone -> Bool,
-        sync_leadership -> Nullable<Binary>,
-    }
-}
-
-diesel::table! {
-    location (uuid) {
-        uuid -> Binary,
-        owner_device -> Binary,
-        name -> Text,
-        path -> Text,
-        version -> BigInt,
-        hlc -> BigInt,
-        device_id -> Binary,
-        tombstone -> Bool,
-    }
-}
-
-diesel::table! {
-    tag (uuid) {
-        uuid -> Binary,
-        name -> Text,
-        color -> Nullable<Text>,
-        version -> BigInt,
-        hlc -> BigInt,
-        device_id -> Binary,
-        tombstone -> Bool,
-    }
-}
-
-diesel::table! {
-    collection (uuid) {
-        uuid -> Binary,
-        name -> Text,
-        description -> Nullable<Text>,
-        version -> BigInt,
-        hlc -> BigInt,
-        device_id -> Binary,
-        tombstone -> Bool,
-    }
-}
-
-diesel::table! {
-    user_metadata (uuid) {
-        uuid -> Binary,
-        entry -> Nullable<Binary>,
-        note -> Nullable<Text>,
-        favorite -> Bool,
-        hidden -> Bool,
-        version -> BigInt,
-        hlc -> BigInt,
-        device_id -> Binary,
-        tombstone -> Bool,
-    }
-}
-
-diesel::table! {
-    user_metadata_tag (uuid) {
-        uuid -> Binary,
-        user_metadata -> Binary,
-        tag -> Binary,
-        version -> BigInt,
-        hlc -> BigInt,
-        device_id -> Binary,
-        tombstone -> Bool,
-    }
-}
-
-diesel::table! {
-    entry (uuid) {
-        uuid -> Binary,
-        location -> Binary,
-        parent -> Nullable<Binary>,
-        name -> Text,
-        kind -> SmallInt,
-        size -> BigInt,
-        created_at -> BigInt,
-        modified_at -> BigInt,
-        content_hash -> Nullable<Binary>,
-        version -> BigInt,
-        hlc -> BigInt,
-        device_id -> Binary,
-        tombstone -> Bool,
-    }
-}
+pub use crate::models::{
+    collection, device, entry, location, tag, user_metadata, user_metadata_tag,
+};
 
 diesel::table! {
     library_meta (key) {

@@ -92,6 +92,8 @@ impl std::fmt::Debug for Op {
 impl Op {
     /// Creates or updates `record` (insert when no row has its id, else a new version). Fails
     /// with [`Error::Deleted`] on a tombstoned record, except for revivable models (links).
+    /// For a model that merges per field, the change carries only the fields that differ from
+    /// the stored record, and a put that changes nothing writes nothing (no change).
     pub fn put<T: LibraryModel + 'static>(record: T) -> Self {
         Self(Box::new(Put(record)))
     }
@@ -115,6 +117,23 @@ fn next_version<T: LibraryModel>(stored: u64, uuid: Id) -> Result<u64, Error> {
 
 struct Put<T>(T);
 
+/// Writes a local change through the model's own merge ([`syncable::Syncable::apply`]): the
+/// same code that applies a peer's change, so there is one merge rule. The change's stamp is
+/// past the stored one, so it wins.
+fn write_through_merge<T: LibraryModel>(
+    conn: &mut SqliteConnection,
+    change: &Change,
+) -> Result<(), Error> {
+    match T::apply(conn, change)? {
+        syncable::Applied::Won => Ok(()),
+        other => Err(Error::Invalid(format!(
+            "{} {}: a local write did not win its own merge ({other:?})",
+            T::MODEL,
+            change.record
+        ))),
+    }
+}
+
 impl<T: LibraryModel + 'static> ErasedOp for Put<T> {
     fn run(
         self: Box<Self>,
@@ -123,19 +142,24 @@ impl<T: LibraryModel + 'static> ErasedOp for Put<T> {
     ) -> Result<Option<Change>, Error> {
         let mut record = self.0;
         let uuid = record.uuid();
-        let stored = T::stored_version(conn, uuid)?;
-        let stamp = match stored {
-            Some((_, _, true)) if !T::REVIVABLE => {
+        let stored = T::load(conn, uuid)?;
+        let stamp = match &stored {
+            Some(s) if s.is_tombstone() && !T::REVIVABLE => {
                 return Err(Error::Deleted { model: T::MODEL, record: uuid.0 });
             }
-            Some((v, hlc, _)) => ctx.stamp_over(next_version::<T>(v, uuid)?, hlc)?,
+            Some(s) => {
+                let meta = s.stamp();
+                ctx.stamp_over(next_version::<T>(meta.version, uuid)?, meta.hlc)?
+            }
             None => ctx.stamp(1)?,
         };
         let kind = if stored.is_some() { ChangeType::Update } else { ChangeType::Insert };
-        record.set_meta(stamp, false);
-        T::write(conn, &record)?;
-        let payload = record.encode()?;
-        Ok(Some(ctx.change(T::MODEL, uuid, kind, stamp, payload)))
+        let Some(payload) = record.local_payload(stored.as_ref(), stamp, false)? else {
+            return Ok(None);
+        };
+        let change = ctx.change(T::MODEL, uuid, kind, stamp, payload);
+        write_through_merge::<T>(conn, &change)?;
+        Ok(Some(change))
     }
 }
 
@@ -147,17 +171,20 @@ impl<T: LibraryModel + 'static> ErasedOp for Delete<T> {
         conn: &mut SqliteConnection,
         ctx: &mut StampCtx,
     ) -> Result<Option<Change>, Error> {
-        let Some(mut record) = T::load(conn, self.0)? else {
+        let Some(stored) = T::load(conn, self.0)? else {
             return Err(Error::NotFound { model: T::MODEL, record: self.0.0 });
         };
-        if record.is_tombstone() {
+        if stored.is_tombstone() {
             return Ok(None);
         }
-        let stored = record.stamp();
-        let stamp = ctx.stamp_over(next_version::<T>(stored.version, self.0)?, stored.hlc)?;
-        record.set_meta(stamp, true);
-        T::write(conn, &record)?;
-        let payload = record.encode()?;
-        Ok(Some(ctx.change(T::MODEL, self.0, ChangeType::Delete, stamp, payload)))
+        let meta = stored.stamp();
+        let stamp = ctx.stamp_over(next_version::<T>(meta.version, self.0)?, meta.hlc)?;
+        let mut record = stored.clone();
+        let Some(payload) = record.local_payload(Some(&stored), stamp, true)? else {
+            return Ok(None);
+        };
+        let change = ctx.change(T::MODEL, self.0, ChangeType::Delete, stamp, payload);
+        write_through_merge::<T>(conn, &change)?;
+        Ok(Some(change))
     }
 }

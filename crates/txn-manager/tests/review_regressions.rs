@@ -88,7 +88,14 @@ fn same_record_twice_in_one_batch_keeps_the_largest_stamp_in_any_order() {
             let (mut batched, _) = common::memory_library(DeviceId::new_v7(), 1);
             batched.apply_entries(&entries).unwrap();
             let row = stored_tag(&mut batched, &t);
-            assert_eq!(row.stamp(), winner.stamp(), "order {order:?}");
+            // Tags merge per field: the record carries the largest stamp and the largest
+            // version of any change; every field holds the value of the largest stamp that set it.
+            let max_version = changes.iter().map(|c| c.version).max().unwrap();
+            assert_eq!(
+                (row.stamp().hlc, row.stamp().device, row.stamp().version),
+                (winner.hlc, winner.origin.device, max_version),
+                "order {order:?}"
+            );
             assert_eq!(row.tombstone, winner.change == ChangeType::Delete);
             let (mut one_by_one, _) = common::memory_library(DeviceId::new_v7(), 1);
             for e in &entries {
