@@ -89,7 +89,20 @@ impl<M: Membership, H: SessionHandler> SyncProtocol<M, H> {
         Self { acceptor: Arc::new(Acceptor::new(Arc::new(membership), handler, config)) }
     }
 
-    /// Accepted sessions alive now.
+    /// A connector dialling from `endpoint` that shares this node's bookkeeping: the router's
+    /// shutdown then also closes the sessions it dialled with [`ErrorCode::SHUTTING_DOWN`],
+    /// and a membership change re-checks them too.
+    pub fn connector(&self, endpoint: Endpoint) -> IrohConnector<M> {
+        IrohConnector {
+            endpoint,
+            membership: Arc::clone(&self.acceptor.membership),
+            config: self.acceptor.config.clone(),
+            registry: self.acceptor.registry.clone(),
+        }
+    }
+
+    /// Sessions alive now: accepted ones, and those dialled through
+    /// [`SyncProtocol::connector`].
     pub fn live_sessions(&self) -> usize {
         self.acceptor.registry.live()
     }
@@ -99,9 +112,10 @@ impl<M: Membership, H: SessionHandler> SyncProtocol<M, H> {
         self.acceptor.registry.pending()
     }
 
-    /// Closes every pending handshake and accepted session with
-    /// [`ErrorCode::SHUTTING_DOWN`] (sessions gracefully: what was sent still arrives) and
-    /// refuses new connections with it. The router's shutdown calls this.
+    /// Closes every pending handshake and live session (accepted, and dialled through
+    /// [`SyncProtocol::connector`]) with [`ErrorCode::SHUTTING_DOWN`] — sessions gracefully:
+    /// what was sent still arrives — and refuses new connections with it. The router's
+    /// shutdown calls this.
     pub async fn shutdown(&self) {
         self.acceptor.registry.shutdown(self.acceptor.config.close_linger).await;
     }

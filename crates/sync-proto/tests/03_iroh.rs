@@ -295,3 +295,27 @@ async fn garbage_after_the_handshake_closes_the_session() {
     node.serves_legit_peer().await;
     node.stop().await;
 }
+
+/// A connector made from the node's `SyncProtocol` shares its bookkeeping: the router's
+/// shutdown closes the sessions it dialled with SHUTTING_DOWN too, not with a bare normal end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_shutdown_closes_sessions_dialled_through_the_protocol() {
+    let node = start_node(ProtoConfig::default()).await;
+    let endpoint = bind_loopback(Some(key(2))).await.unwrap();
+    let table = MemberTable::new();
+    table.add(library(1), id(1), device(1));
+    let handler = Answering::new([local(library(1), device(2), 0)]);
+    let protocol = SyncProtocol::new(table, handler, ProtoConfig::default());
+    let dialer = protocol.connector(endpoint.clone());
+    let router = Router::builder(endpoint).accept(SYNC_ALPN, protocol).spawn();
+    let mut session =
+        within("connect", dialer.connect(node.addr.clone(), local(library(1), device(2), 4)))
+            .await
+            .unwrap();
+    round_trip(&mut session, 1).await;
+    router.shutdown().await.unwrap();
+    node.handler.wait_for("session end", |h| !h.ends.lock().unwrap().is_empty()).await;
+    let end = node.handler.ends.lock().unwrap()[0].clone();
+    assert!(end.contains("shutting-down"), "{end}");
+    node.stop().await;
+}

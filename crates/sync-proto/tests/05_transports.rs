@@ -147,6 +147,8 @@ trait Transport: Sized + 'static {
     ) -> impl Future<Output = Rig<Self>> + Send;
     /// Shuts the server node down (router shutdown, or the memory node's).
     fn shutdown_server(rig: &Rig<Self>) -> impl Future<Output = ()> + Send;
+    /// Shuts the client node down (its connector's shutdown, or the memory node's).
+    fn shutdown_client(rig: &Rig<Self>) -> impl Future<Output = ()> + Send;
     fn stop(rig: Rig<Self>) -> impl Future<Output = ()> + Send;
 }
 
@@ -182,6 +184,10 @@ impl Transport for Memory {
 
     async fn shutdown_server(rig: &Rig<Self>) {
         rig.inner.shutdown_node(&id(1)).await;
+    }
+
+    async fn shutdown_client(rig: &Rig<Self>) {
+        rig.inner.shutdown_node(&id(2)).await;
     }
 
     async fn stop(rig: Rig<Self>) {
@@ -220,6 +226,10 @@ impl Transport for Iroh {
 
     async fn shutdown_server(rig: &Rig<Self>) {
         rig.inner.router.shutdown().await.unwrap();
+    }
+
+    async fn shutdown_client(rig: &Rig<Self>) {
+        rig.connector.shutdown().await;
     }
 
     async fn stop(rig: Rig<Self>) {
@@ -261,6 +271,9 @@ suite! {
     serve_returning_at_once_completes_the_handshake;
     /// Node shutdown closes sessions with SHUTTING_DOWN (retryable), after what was sent.
     shutdown_sends_shutting_down;
+    /// A dialler's shutdown closes the sessions it dialled with SHUTTING_DOWN, after what it
+    /// sent, and it dials no more.
+    dialer_shutdown_sends_shutting_down;
     /// A sender facing a peer that never reads blocks after about one stream window.
     backpressure_is_bounded_by_the_window;
     /// A frame above the receiver's maximum ends the session with FRAME_TOO_LARGE.
@@ -355,6 +368,24 @@ async fn shutdown_sends_shutting_down<T: Transport>() {
     rig.log.wait_for("server session end", |l| !l.ends.lock().unwrap().is_empty()).await;
     let end = rig.log.ends.lock().unwrap()[0].clone();
     assert!(end.contains("shutting-down"), "{end}");
+    T::stop(rig).await;
+}
+
+async fn dialer_shutdown_sends_shutting_down<T: Transport>() {
+    let rig = T::start(ProtoConfig::default(), ProtoConfig::default(), script(read_only)).await;
+    let mut session = rig.connect().await;
+    for msg in pings(10) {
+        session.send(&msg).await.unwrap();
+    }
+    T::shutdown_client(&rig).await;
+    rig.log.wait_for("server end", |l| !l.ends.lock().unwrap().is_empty()).await;
+    assert_eq!(*rig.log.nonces.lock().unwrap(), (0..10).collect::<Vec<_>>());
+    let end = rig.log.ends.lock().unwrap()[0].clone();
+    assert!(end.contains("shutting-down"), "{end}");
+    let err = within("local end", session.recv()).await.unwrap_err();
+    assert!(matches!(err, ProtoError::Terminated { code: ErrorCode::SHUTTING_DOWN, .. }), "{err}");
+    let again = rig.connector.connect(rig.server.clone(), local(library(1), device(2), 0)).await;
+    assert!(again.is_err(), "dialled after shutdown");
     T::stop(rig).await;
 }
 
