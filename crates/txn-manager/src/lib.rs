@@ -84,7 +84,8 @@ pub use error::Error;
 pub use hlc::{Clock, DEFAULT_MAX_DRIFT_MS, HybridClock, ManualClock, Observed, SystemClock};
 pub use leadership_store::DeviceLeadershipStore;
 pub use library::{
-    APPLY_BATCH, ApplyReport, BULK_TXN_ROWS, BulkDescription, Config, Event, Library, RewindReport,
+    APPLY_BATCH, ApplyReport, BULK_TXN_ROWS, BulkDescription, Config, Event, Kept, Library,
+    RewindReport,
 };
 pub use manager::TransactionManager;
 pub use op::Op;

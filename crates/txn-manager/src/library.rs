@@ -117,6 +117,17 @@ impl ApplyReport {
     }
 }
 
+/// Log entries kept, not applied, for one model and reason ([`Library::kept`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// The model.
+    pub model: String,
+    /// Why they are kept (unknown model, unreadable payload, missing table).
+    pub reason: String,
+    /// How many.
+    pub entries: u64,
+}
+
 /// What one [`Library::rewind`] (or [`Library::stage_rewind`]) did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RewindReport {
@@ -473,6 +484,20 @@ impl Library {
         if self.events.receiver_count() > 0 {
             self.emit(Event::Committed(changes.into()));
         }
+    }
+
+    /// The entries kept (not applied) in this database, grouped by model and reason (an unknown
+    /// model, an unreadable payload, a missing table): what a status shows.
+    pub fn kept(&mut self) -> Result<Vec<Kept>, Error> {
+        let rows: Vec<(String, String, i64)> = pending_entries::table
+            .group_by((pending_entries::model, pending_entries::reason))
+            .select((pending_entries::model, pending_entries::reason, diesel::dsl::count_star()))
+            .order((pending_entries::model, pending_entries::reason))
+            .load(&mut self.conn)?;
+        Ok(rows
+            .into_iter()
+            .map(|(model, reason, n)| Kept { model, reason, entries: from_db(n) })
+            .collect())
     }
 
     /// How many log entries are kept (not applied) in this database.

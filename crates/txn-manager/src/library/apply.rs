@@ -122,16 +122,7 @@ impl Library {
                 }
             }
             // Known entries keep their order; runs of one model go through one batch apply.
-            let changes: Vec<&Change> = known.iter().map(|e| &e.change).collect();
-            let applied = registry.apply_batch(conn, &changes)?;
-            report.written += applied.written;
-            report.unchanged += applied.unchanged;
-            for (i, err) in &applied.rejected {
-                let e = known[*i];
-                tracing::warn!(seq = e.seq.0, error = %err, "log entry kept, not applied");
-                keep(conn, e, &err.to_string())?;
-                report.kept += 1;
-            }
+            apply_known(conn, registry, &known, &mut report)?;
             (origin_seq, rekeyed) = own.finish(conn, origin_seq)?;
             diesel::update(local_state::table.find(1))
                 .set((
@@ -210,7 +201,8 @@ pub(super) fn apply_one(
         report.kept += 1;
         return Ok(());
     }
-    match registry.apply(conn, &e.change) {
+    // A savepoint: a model whose table is missing is kept again, and fails nothing.
+    match conn.transaction(|conn| registry.apply(conn, &e.change)) {
         Ok(Applied::Won) => report.written += 1,
         Ok(_) => report.unchanged += 1,
         Err(err @ (syncable::Error::Payload { .. } | syncable::Error::InvalidChange { .. })) => {
@@ -218,7 +210,77 @@ pub(super) fn apply_one(
             keep(conn, e, &err.to_string())?;
             report.kept += 1;
         }
+        Err(err) if missing_table(&err) => {
+            keep(conn, e, &format!("table missing for model {}: {err}", e.change.model))?;
+            report.kept += 1;
+        }
         Err(err) => return Err(err.into()),
+    }
+    Ok(())
+}
+
+/// Whether `err` is SQLite's "no such table": a model this build registers whose table the
+/// database lacks (its migration did not run here). Its entries are kept like an unknown
+/// model's, never blocking the others.
+fn missing_table(err: &syncable::Error) -> bool {
+    matches!(
+        err,
+        syncable::Error::Database(diesel::result::Error::DatabaseError(_, info))
+            if info.message().starts_with("no such table")
+    )
+}
+
+/// Applies `known` entries through the registry's batch apply, inside the caller's transaction.
+/// The batch runs in a savepoint: when a model's table is missing, it is rolled back and the
+/// entries are applied model by model (each in its own savepoint), the missing model's kept.
+fn apply_known(
+    conn: &mut SqliteConnection,
+    registry: &Registry,
+    known: &[&LogEntry],
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    let changes: Vec<&Change> = known.iter().map(|e| &e.change).collect();
+    let err = match conn.transaction(|conn| registry.apply_batch(conn, &changes)) {
+        Ok(applied) => return record_batch(conn, known, applied, report),
+        Err(err) if missing_table(&err) => err,
+        Err(err) => return Err(err.into()),
+    };
+    tracing::debug!(error = %err, "a model's table is missing: applying model by model");
+    let mut models: Vec<&str> = known.iter().map(|e| e.change.model.as_str()).collect();
+    models.sort_unstable();
+    models.dedup();
+    for model in models {
+        let entries: Vec<&LogEntry> =
+            known.iter().copied().filter(|e| e.change.model == model).collect();
+        let changes: Vec<&Change> = entries.iter().map(|e| &e.change).collect();
+        match conn.transaction(|conn| registry.apply_batch(conn, &changes)) {
+            Ok(applied) => record_batch(conn, &entries, applied, report)?,
+            Err(err) if missing_table(&err) => {
+                tracing::warn!(model, error = %err, kept = entries.len(), "table missing: entries kept");
+                for e in &entries {
+                    keep(conn, e, &format!("table missing for model {model}: {err}"))?;
+                }
+                report.kept += entries.len() as u64;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+fn record_batch(
+    conn: &mut SqliteConnection,
+    entries: &[&LogEntry],
+    applied: syncable::BatchApplied,
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    report.written += applied.written;
+    report.unchanged += applied.unchanged;
+    for (i, err) in &applied.rejected {
+        let e = entries[*i];
+        tracing::warn!(seq = e.seq.0, error = %err, "log entry kept, not applied");
+        keep(conn, e, &err.to_string())?;
+        report.kept += 1;
     }
     Ok(())
 }
