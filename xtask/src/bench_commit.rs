@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use library_models as _;
 use library_models::{LibraryModel, Tag};
 use sync_log::{
-    Change, ChangeType, Checksum, DeviceId, Epoch, Hlc, LibraryId, LogEntry, OriginKey, Seq,
-    Stamp, SyncLogStore,
+    Change, ChangeType, Checksum, DeviceId, Epoch, Hlc, LibraryId, LogEntry, OriginKey, Seq, Stamp,
+    SyncLogStore,
 };
 use syncable::Syncable;
 use txn_manager::{Config, Library, Op};
