@@ -458,38 +458,36 @@ where
 /// their traits) and must be named by every final artifact (`use my_models as _;`, see the
 /// `syncable` crate docs).
 ///
-/// A complete out-of-tree model, its migration registered, committed on one library and
-/// applied on another:
+/// A complete model in one declaration, its migration registered (the crate docs show the
+/// same for an album; `examples/album` in the repository is a whole crate doing it):
 ///
 /// ```
-/// use library_models::{Encoded, Id};
+/// use library_models::{Encoded, Id, LibraryModel};
 ///
 /// library_models::model! {
-///     /// A photo album: a name and the entries in it.
-///     pub struct Album {
-///         table: album,
-///         model: "album",
+///     /// A playlist: a title and the entries to play, in order.
+///     pub struct Playlist {
+///         table: playlist,
+///         model: "playlist",
 ///         merge: per_field,
 ///         revivable: false,
 ///     }
 ///     fields {
-///         /// Display name.
-///         name: String => Text,
-///         /// The entries, in album order.
+///         /// Title.
+///         title: String => Text,
+///         /// The entries, in play order.
 ///         entries: Encoded<Vec<Id>> => Binary,
 ///     }
 /// }
 ///
-/// // The table, created by the crate's own migration (run by `Library::open`).
-/// library_models::register_migrations!("album-example", [(1, <Album as library_models::LibraryModel>::create_table_sql)]);
+/// library_models::register_migrations!("playlist", [(1, <Playlist as LibraryModel>::create_table_sql)]);
 ///
+/// let sql = Playlist::create_table_sql();
+/// assert!(sql.starts_with("CREATE TABLE IF NOT EXISTS playlist (uuid BLOB PRIMARY KEY NOT NULL, title TEXT NOT NULL, entries BLOB NOT NULL"));
 /// let mut conn = library_models::open_library(":memory:".as_ref())?;
-/// let album = Album::new("Holidays".into(), Encoded(vec![Id::new_v7()]));
-/// assert_eq!(album.name, "Holidays");
-/// assert!(<Album as library_models::LibraryModel>::create_table_sql().contains("album"));
-/// let registry = syncable::Registry::from_inventory()?;
-/// assert!(registry.knows("album"));
-/// # let _ = &mut conn;
+/// let list = Playlist::new("Road trip".into(), Encoded(vec![Id::new_v7()]));
+/// Playlist::insert_all(&mut conn, &[list.clone()])?;
+/// assert_eq!(Playlist::load(&mut conn, list.uuid)?.map(|p| p.title), Some("Road trip".into()));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[macro_export]

@@ -454,8 +454,15 @@ impl Library {
         self.events.clone()
     }
 
-    /// The connection, for reads (and for tests). Writing to syncable tables through it
-    /// bypasses the outbox: don't.
+    /// The stored record `id` of model `T` (tombstones included), if any: how an application
+    /// reads what it committed or received.
+    pub fn load<T: LibraryModel>(&mut self, id: Id) -> Result<Option<T>, Error> {
+        Ok(T::load(&mut self.conn, id)?)
+    }
+
+    /// The connection, for this workspace's tests and tools (an application reads through
+    /// [`Library::load`]). Writing to syncable tables through it bypasses the outbox: don't.
+    #[doc(hidden)]
     pub fn conn(&mut self) -> &mut SqliteConnection {
         &mut self.conn
     }

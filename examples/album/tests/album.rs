@@ -85,8 +85,7 @@ fn concurrent_edits_of_two_album_fields_both_survive() {
         let mut l = SyncLogStore::in_memory(LIBRARY).unwrap();
         let mut lib = open(":memory:".as_ref(), &mut l, DeviceId::new_v7());
         lib.receive(&mut l, &created).unwrap();
-        let mut a: Album =
-            <Album as library_models::LibraryModel>::load(lib.conn(), album.uuid).unwrap().unwrap();
+        let mut a: Album = lib.load(album.uuid).unwrap().unwrap();
         f(&mut a);
         lib.commit(vec![Op::put(a)]).unwrap().remove(0)
     };
@@ -102,8 +101,7 @@ fn concurrent_edits_of_two_album_fields_both_survive() {
         leader.append_sequenced(&created).unwrap();
         leader.append(Epoch(1), &[order[0].clone(), order[1].clone()]).unwrap();
         lib.receive(&mut l, &leader.read_after(Seq(1), 10).unwrap()).unwrap();
-        let a: Album =
-            <Album as library_models::LibraryModel>::load(lib.conn(), album.uuid).unwrap().unwrap();
+        let a: Album = lib.load(album.uuid).unwrap().unwrap();
         assert_eq!(a.name, "Road trip");
         assert_eq!(a.entries.0.len(), 2);
         hashes.push(lib.content_hash().unwrap());
