@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use txn_manager::TransactionManager;
 
 use crate::config::Config;
-use crate::peer::{Acceptor, DynConnector, FromPeer, Member, dial_loop};
+use crate::peer::{Acceptor, DynConnector, FromPeer, Member, Outlets, SessionCtx, dial_loop};
 use crate::plan::{self, Backoff, CommonSearch, Incoming};
 use crate::status::{ChangedRecord, Event, MAX_EVENT_RECORDS, PeerStatus, Role, Status, SyncState};
 use crate::wire;
@@ -29,8 +29,6 @@ use crate::wire;
 /// What the service and the leadership driver tell the engine.
 #[derive(Debug)]
 pub(crate) enum Control {
-    /// The leadership machine wants this sent.
-    Leadership { to: leadership::DeviceId, message: LMessage },
     /// The role changed.
     Role(LChange),
     /// A local commit happened.
@@ -87,7 +85,8 @@ pub(crate) struct EngineParts {
     pub(crate) member_table: MemberTable,
     pub(crate) connector: DynConnector,
     pub(crate) acceptor: Acceptor,
-    pub(crate) inbox_tx: mpsc::Sender<FromPeer>,
+    pub(crate) ctx: SessionCtx,
+    pub(crate) outlets: Outlets,
     pub(crate) local_tx: watch::Sender<LocalState>,
     pub(crate) status_tx: watch::Sender<Status>,
     pub(crate) events: broadcast::Sender<Event>,
@@ -105,7 +104,8 @@ pub(crate) struct Engine {
     member_table: MemberTable,
     connector: DynConnector,
     acceptor: Acceptor,
-    inbox_tx: mpsc::Sender<FromPeer>,
+    ctx: SessionCtx,
+    outlets: Outlets,
     local_tx: watch::Sender<LocalState>,
     status_tx: watch::Sender<Status>,
     events: broadcast::Sender<Event>,
@@ -163,7 +163,8 @@ impl Engine {
             member_table: parts.member_table,
             connector: parts.connector,
             acceptor: parts.acceptor,
-            inbox_tx: parts.inbox_tx,
+            ctx: parts.ctx,
+            outlets: parts.outlets,
             local_tx: parts.local_tx,
             status_tx: parts.status_tx,
             events: parts.events,
@@ -335,6 +336,7 @@ impl Engine {
             if !new.contains_key(device) {
                 info!(library = %self.library, %device, "member removed: closing its session");
                 self.member_table.remove(&self.library, &old.addr.id);
+                self.outlets.remove(*device, None);
                 if let Some(mut peer) = self.peers.remove(device)
                     && let Some(close) = peer.close.take()
                 {
@@ -357,8 +359,7 @@ impl Engine {
                     self.connector.clone(),
                     member.clone(),
                     self.local_tx.subscribe(),
-                    self.inbox_tx.clone(),
-                    self.cfg.peer_queue,
+                    self.ctx.clone(),
                     Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max, seed),
                     self.stop_tx.subscribe(),
                 ));
@@ -375,11 +376,6 @@ impl Engine {
 
     async fn on_control(&mut self, c: Control) {
         match c {
-            Control::Leadership { to, message } => {
-                if let Some(msg) = wire::encode(&message) {
-                    self.send(wire::from_l(to), msg);
-                }
-            }
             Control::Role(change) => self.on_role(change).await,
             Control::Kick => {
                 if self.can_sequence().is_some() {
@@ -443,6 +439,7 @@ impl Engine {
                     debug!(library = %self.library, %peer, "session down");
                     self.peers.remove(&peer);
                 }
+                self.outlets.remove(peer, Some(session));
             }
         }
     }
@@ -466,6 +463,7 @@ impl Engine {
             let _ = close.send(ErrorCode::NORMAL);
         }
         debug!(library = %self.library, %peer, session, position = %info.position.seq, "session up");
+        self.outlets.insert(peer, session, tx.clone());
         self.peers.insert(
             peer,
             Peer {
@@ -523,24 +521,20 @@ impl Engine {
                 _ => {}
             }
         }
-        self.request_fetch(true);
+        // Our position, so the leader can tell us if we diverged at a seq it also has.
+        self.send(leader, Message::Ack(Ack { applied: self.head }));
+        self.fetch = None;
+        self.request_fetch();
         self.forward(true).await;
     }
 
     async fn on_message(&mut self, peer: DeviceId, msg: Message) {
+        // Leadership messages were handed to the driver by the session's reader already.
         if let Some(decoded) = wire::decode(&msg) {
-            match decoded {
-                Ok(lm) => {
-                    if let LMessage::Heartbeat { term, position } = lm
-                        && wire::from_l(term.leader) == peer
-                    {
-                        self.on_heartbeat(peer, Seq(position.0));
-                    }
-                    let _ = self.driver.deliver(wire::to_l(peer), lm);
-                }
-                Err(e) => {
-                    warn!(library = %self.library, %peer, error = %e, "bad leadership message")
-                }
+            if let Ok(LMessage::Heartbeat { term, position }) = decoded
+                && wire::from_l(term.leader) == peer
+            {
+                self.on_heartbeat(peer, Seq(position.0));
             }
             return;
         }
@@ -561,7 +555,7 @@ impl Engine {
             Message::PushNotice(notice) => {
                 if self.leader() == Some(peer) {
                     self.leader_seq = self.leader_seq.max(notice.latest);
-                    self.request_fetch(true);
+                    self.request_fetch();
                 }
             }
             Message::Fetch(fetch) => self.serve_fetch(peer, fetch).await,
@@ -602,6 +596,7 @@ impl Engine {
                 debug!(library = %self.library, %peer, code = %e.code, message = %e.message, "peer error");
                 if e.code == ErrorCode::SHUTTING_DOWN {
                     self.peers.remove(&peer);
+                    self.outlets.remove(peer, None);
                 }
             }
             other => {
@@ -617,22 +612,21 @@ impl Engine {
         self.leader_seq = self.leader_seq.max(seq);
         // A missed push (dropped, or sent before we connected) shows here.
         if seq > self.head.seq {
-            self.request_fetch(false);
+            self.request_fetch();
         }
     }
 
     // ---- follower ---------------------------------------------------------------------------
 
-    fn request_fetch(&mut self, force: bool) {
+    /// Asks the leader for the entries after our head. One fetch at a time: while one is
+    /// unanswered (and younger than `resend_after`) this does nothing, so pushes, notices and
+    /// heartbeats that all announce the same range cost one fetch, not one each.
+    fn request_fetch(&mut self) {
         let Some(leader) = self.leader() else { return };
         if self.snapshot.is_some() || self.search.is_some() {
             return;
         }
-        if !force
-            && let Some((after, at)) = self.fetch
-            && after == self.head.seq
-            && at.elapsed() < self.cfg.resend_after
-        {
+        if self.fetch.is_some_and(|(_, at)| at.elapsed() < self.cfg.resend_after) {
             return;
         }
         let fetch = Fetch { after: self.head.seq, limit: self.cfg.page };
@@ -669,24 +663,30 @@ impl Engine {
         if self.leader() != Some(peer) {
             return;
         }
-        self.fetch = None;
+        // The answer to the fetch in flight (an older, duplicate answer is applied all the
+        // same, harmlessly, but does not start another fetch).
+        let answers = self.fetch.is_some_and(|(after, _)| {
+            entries.entries.first().map_or(after == self.head.seq, |e| e.seq == after.next())
+        });
+        if answers {
+            self.fetch = None;
+        }
         self.leader_seq = self.leader_seq.max(entries.latest);
         if entries.entries.is_empty() && entries.latest < self.head.seq {
             // Our log goes past the leader's: that suffix is not in the global log.
             self.start_search(peer, entries.latest.next()).await;
             return;
         }
-        let more = entries.more;
         self.apply(peer, entries.entries).await;
-        if more {
-            self.request_fetch(true);
+        if answers && (entries.more || entries.latest > self.head.seq) {
+            self.request_fetch();
         }
     }
 
     async fn apply(&mut self, from: DeviceId, entries: Vec<LogEntry>) {
         let Some(first) = entries.first().map(|e| e.seq) else { return };
         if plan::classify(self.head.seq, first) == Incoming::Gap {
-            self.request_fetch(false);
+            self.request_fetch();
             return;
         }
         let before = self.applied;
@@ -700,7 +700,7 @@ impl Engine {
             Err(txn_manager::Error::Log(sync_log::Error::Diverged { seq, .. })) => {
                 self.start_search(from, seq).await;
             }
-            Err(txn_manager::Error::Log(sync_log::Error::Gap { .. })) => self.request_fetch(true),
+            Err(txn_manager::Error::Log(sync_log::Error::Gap { .. })) => self.request_fetch(),
             Err(e) => self.fail("applying entries", &e),
         }
     }
@@ -766,7 +766,8 @@ impl Engine {
                 let _ = self.events.send(Event::Rewound { common });
                 self.refresh().await;
                 self.refresh_counts().await;
-                self.request_fetch(true);
+                self.fetch = None;
+                self.request_fetch();
                 self.forward(true).await;
             }
             Err(e) => self.fail("rewinding", &e),
@@ -996,7 +997,7 @@ impl Engine {
             return;
         }
         if self.leader_seq > self.head.seq {
-            self.request_fetch(false);
+            self.request_fetch();
         }
         let stale = self.forwarded.at.is_none_or(|at| at.elapsed() > self.cfg.resend_after);
         if (self.outbox_len > 0 || self.resubmit_len > 0) && stale {
@@ -1131,6 +1132,7 @@ impl Engine {
             self.sequence_due = true;
             self.step().await;
         }
+        self.outlets.clear();
         for (_, p) in self.peers.drain() {
             let _ = p.tx.try_send(Message::Error(ErrorMessage {
                 code: ErrorCode::SHUTTING_DOWN,

@@ -17,6 +17,57 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info_span};
 
 use crate::plan::Backoff;
+use crate::wire;
+
+/// Hands a leadership message from a peer straight to the leadership driver, so elections
+/// and heartbeats never wait behind the engine's work.
+pub(crate) type Deliver = Arc<dyn Fn(DeviceId, leadership::Message) + Send + Sync>;
+
+/// The open sessions' queues, shared with the leadership transport, which sends through them
+/// directly for the same reason.
+#[derive(Clone, Default)]
+pub(crate) struct Outlets(Arc<std::sync::Mutex<HashMap<DeviceId, Outlet>>>);
+
+/// One open session's id and queue.
+type Outlet = (u64, mpsc::Sender<Message>);
+
+impl Outlets {
+    pub(crate) fn insert(&self, peer: DeviceId, session: u64, tx: mpsc::Sender<Message>) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(peer, (session, tx));
+    }
+
+    pub(crate) fn remove(&self, peer: DeviceId, session: Option<u64>) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if session.is_none_or(|s| map.get(&peer).is_some_and(|(cur, _)| *cur == s)) {
+            map.remove(&peer);
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
+    /// Queues `msg` for `peer` if a session is open and its queue has room.
+    pub(crate) fn send(&self, peer: DeviceId, msg: Message) {
+        let tx = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+            .map(|(_, tx)| tx.clone());
+        if let Some(tx) = tx {
+            let _ = tx.try_send(msg);
+        }
+    }
+}
+
+/// What a session task needs besides the session.
+#[derive(Clone)]
+pub(crate) struct SessionCtx {
+    pub(crate) inbox: mpsc::Sender<FromPeer>,
+    pub(crate) queue: usize,
+    pub(crate) deliver: Deliver,
+}
 
 /// A member of the library: its device id and where to reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +100,8 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 /// Runs one session to its end: registers it with the engine, writes what the engine queues,
 /// reads into the engine's inbox (which applies backpressure to the peer when the engine is
 /// busy). Returns when the session is over.
-pub(crate) async fn run_session(session: Session, inbox: mpsc::Sender<FromPeer>, queue: usize) {
+pub(crate) async fn run_session(session: Session, ctx: SessionCtx) {
+    let SessionCtx { inbox, queue, deliver } = ctx;
     let (info, mut sender, mut receiver) = session.split();
     let peer = info.peer.device;
     let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
@@ -94,6 +146,21 @@ pub(crate) async fn run_session(session: Session, inbox: mpsc::Sender<FromPeer>,
         loop {
             match receiver.recv().await {
                 Ok(Some(msg)) => {
+                    if let Some(decoded) = wire::decode(&msg) {
+                        match decoded {
+                            Ok(lm) => {
+                                let heartbeat = matches!(lm, leadership::Message::Heartbeat { .. });
+                                deliver(peer, lm);
+                                if heartbeat {
+                                    // The engine reads the leader's newest seq from it.
+                                    let _ =
+                                        inbox.try_send(FromPeer::Msg { peer, session: id, msg });
+                                }
+                            }
+                            Err(e) => debug!(error = %e, "bad leadership message"),
+                        }
+                        continue;
+                    }
                     if inbox.send(FromPeer::Msg { peer, session: id, msg }).await.is_err() {
                         break;
                     }
@@ -142,8 +209,7 @@ pub(crate) async fn dial_loop(
     connector: DynConnector,
     member: Member,
     local: watch::Receiver<LocalState>,
-    inbox: mpsc::Sender<FromPeer>,
-    queue: usize,
+    ctx: SessionCtx,
     mut backoff: Backoff,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -159,7 +225,7 @@ pub(crate) async fn dial_loop(
         match attempt {
             Ok(session) => {
                 backoff.reset();
-                let run = run_session(session, inbox.clone(), queue);
+                let run = run_session(session, ctx.clone());
                 tokio::pin!(run);
                 tokio::select! {
                     () = &mut run => {}
@@ -185,8 +251,7 @@ pub(crate) async fn dial_loop(
 #[derive(Clone)]
 struct Attached {
     local: watch::Receiver<LocalState>,
-    inbox: mpsc::Sender<FromPeer>,
-    queue: usize,
+    ctx: SessionCtx,
 }
 
 /// The [`SessionHandler`] of a host: routes each incoming session to the engine of the
@@ -215,13 +280,12 @@ impl Acceptor {
         &self,
         library: LibraryId,
         local: watch::Receiver<LocalState>,
-        inbox: mpsc::Sender<FromPeer>,
-        queue: usize,
+        ctx: SessionCtx,
     ) {
         self.libraries
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(library, Attached { local, inbox, queue });
+            .insert(library, Attached { local, ctx });
     }
 
     pub(crate) fn detach(&self, library: &LibraryId) {
@@ -241,7 +305,7 @@ impl SessionHandler for Acceptor {
     async fn serve(&self, session: Session) {
         let library = session.info().library;
         match self.get(&library) {
-            Some(a) => run_session(session, a.inbox, a.queue).await,
+            Some(a) => run_session(session, a.ctx).await,
             None => session.close(ErrorCode::FOREIGN_LIBRARY, "library not hosted"),
         }
     }

@@ -15,7 +15,7 @@ use txn_manager::{Op, TransactionManager};
 use crate::config::Config;
 use crate::engine::{Control, Engine, EngineParts};
 use crate::error::{Error, Result};
-use crate::peer::{Acceptor, DynConnector, Member};
+use crate::peer::{Acceptor, Deliver, DynConnector, Member, Outlets, SessionCtx};
 use crate::status::{Event, Status};
 use crate::wire;
 
@@ -141,10 +141,14 @@ impl SyncService {
         let mut member_ids: std::collections::BTreeSet<leadership::DeviceId> =
             members.iter().map(|m| wire::to_l(m.device)).collect();
         member_ids.insert(wire::to_l(device));
+        // Leadership goes straight to the sessions' queues, never waiting for the engine.
+        let outlets = Outlets::default();
         let transport = {
-            let tx = control_tx.clone();
+            let outlets = outlets.clone();
             move |to: leadership::DeviceId, message: leadership::Message| {
-                let _ = tx.send(Control::Leadership { to, message });
+                if let Some(msg) = wire::encode(&message) {
+                    outlets.send(wire::from_l(to), msg);
+                }
             }
         };
         let observer = {
@@ -173,7 +177,14 @@ impl SyncService {
         let (local_tx, local_rx) = watch::channel(local);
         let (status_tx, status_rx) = watch::channel(Status::new(device));
         let (events, _) = broadcast::channel(EVENTS);
-        acceptor.attach(library, local_rx, inbox_tx.clone(), config.peer_queue);
+        let deliver: Deliver = {
+            let driver = driver.clone();
+            Arc::new(move |from, message| {
+                let _ = driver.deliver(wire::to_l(from), message);
+            })
+        };
+        let ctx = SessionCtx { inbox: inbox_tx, queue: config.peer_queue, deliver };
+        acceptor.attach(library, local_rx, ctx.clone());
         let engine = Engine::new(EngineParts {
             config,
             library,
@@ -185,7 +196,8 @@ impl SyncService {
             member_table,
             connector: DynConnector::new(connector),
             acceptor,
-            inbox_tx,
+            ctx,
+            outlets,
             local_tx,
             status_tx,
             events: events.clone(),
