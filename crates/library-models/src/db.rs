@@ -38,7 +38,7 @@ pub fn open_library(path: &Path) -> Result<SqliteConnection, Error> {
         .to_str()
         .ok_or_else(|| Error::InvalidArgument(format!("{}: path is not UTF-8", path.display())))?;
     let mut conn = SqliteConnection::establish(url)
-        .map_err(|e| Error::Open { path: path.to_owned(), detail: e.to_string() })?;
+        .map_err(|e| Error::Open { path: path.to_owned(), source: Box::new(e) })?;
     // The checks come first: `journal_mode = WAL` rewrites the file header, and a file that is
     // not ours must be left exactly as it was.
     conn.batch_execute(&format!("PRAGMA busy_timeout = {BUSY_TIMEOUT_MS};"))
@@ -48,7 +48,7 @@ pub fn open_library(path: &Path) -> Result<SqliteConnection, Error> {
     let components = registered_migrations()?;
     check_component_versions(&mut conn, path, &components)?;
     conn.run_pending_migrations(MIGRATIONS)
-        .map_err(|e| Error::Migration { path: path.to_owned(), detail: e.to_string() })?;
+        .map_err(|source| Error::Migration { path: path.to_owned(), step: "core".into(), source })?;
     run_component_migrations(&mut conn, path, &components)?;
     Ok(conn)
 }
@@ -174,7 +174,8 @@ fn run_component_migrations(
             })
             .map_err(|e| Error::Migration {
                 path: path.to_owned(),
-                detail: format!("{} version {}: {e}", m.component, step.version),
+                step: format!("{} version {}", m.component, step.version),
+                source: Box::new(e),
             })?;
             tracing::info!(component = m.component, version = step.version, "migrated");
         }
@@ -235,5 +236,5 @@ fn foreign_table_count(conn: &mut SqliteConnection) -> Result<i64, Error> {
 }
 
 fn open_err(path: &Path, e: diesel::result::Error) -> Error {
-    Error::Open { path: PathBuf::from(path), detail: e.to_string() }
+    Error::Open { path: PathBuf::from(path), source: Box::new(e) }
 }

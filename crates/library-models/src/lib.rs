@@ -174,20 +174,24 @@ pub enum Error {
         path: PathBuf,
     },
     /// The database could not be opened or configured.
-    #[error("{path}: cannot open library database: {detail}")]
+    #[error("{path}: cannot open library database")]
     Open {
         /// The file.
         path: PathBuf,
-        /// What SQLite said.
-        detail: String,
+        /// What SQLite (or diesel) said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// Applying the embedded migrations failed.
-    #[error("{path}: migration failed: {detail}")]
+    /// Applying a migration failed (the step's transaction rolled back).
+    #[error("{path}: migration {step} failed")]
     Migration {
         /// The file.
         path: PathBuf,
+        /// Which step: `core` (this crate's) or `<component> version <n>`.
+        step: String,
         /// What failed.
-        detail: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The device row does not exist.
     #[error("no device row for {0}")]
