@@ -47,8 +47,11 @@ pub fn open_library(path: &Path) -> Result<SqliteConnection, Error> {
     conn.batch_execute(PRAGMAS).map_err(|e| open_err(path, e))?;
     let components = registered_migrations()?;
     check_component_versions(&mut conn, path, &components)?;
-    conn.run_pending_migrations(MIGRATIONS)
-        .map_err(|source| Error::Migration { path: path.to_owned(), step: "core".into(), source })?;
+    conn.run_pending_migrations(MIGRATIONS).map_err(|source| Error::Migration {
+        path: path.to_owned(),
+        step: "core".into(),
+        source,
+    })?;
     run_component_migrations(&mut conn, path, &components)?;
     Ok(conn)
 }

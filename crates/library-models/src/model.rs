@@ -402,6 +402,7 @@ where
     T: LibraryModel,
 {
     let mut patches = Vec::with_capacity(changes.len());
+    let mut indices = Vec::with_capacity(changes.len());
     let mut rejected = Vec::new();
     let mut bulk = 0u64;
     for (i, change) in changes.iter().enumerate() {
@@ -410,7 +411,10 @@ where
             continue;
         }
         match patch_from_change(change) {
-            Ok(p) => patches.push((p, *change)),
+            Ok(p) => {
+                patches.push((p, *change));
+                indices.push(i);
+            }
             Err(e) => rejected.push((i, e)),
         }
     }
@@ -425,14 +429,26 @@ where
     }
     let mut dirty: Vec<Id> = Vec::new();
     let mut written = 0u64;
-    for (patch, change) in &patches {
+    let mut merge_failed = 0u64;
+    for (i, (patch, change)) in patches.iter().enumerate() {
         let row = rows.entry(patch.record).or_insert_with(|| empty(patch.record));
-        let (won, changed) = merge(row, patch, change)?;
-        if won {
-            written += 1;
-        }
-        if changed {
-            dirty.push(patch.record);
+        // Merged into a copy: a field value that does not decode rejects the change whole
+        // (kept by the caller), leaving the record as it was.
+        let mut merged = row.clone();
+        match merge(&mut merged, patch, change) {
+            Ok((won, changed)) => {
+                *row = merged;
+                if won {
+                    written += 1;
+                }
+                if changed {
+                    dirty.push(patch.record);
+                }
+            }
+            Err(e) => {
+                merge_failed += 1;
+                rejected.push((indices[i], e));
+            }
         }
     }
     dirty.sort_unstable();
@@ -441,7 +457,8 @@ where
     for chunk in out.chunks(INSERT_CHUNK) {
         write_many(conn, chunk)?;
     }
-    let unchanged = (patches.len() as u64 + bulk).saturating_sub(written);
+    let unchanged = (patches.len() as u64 + bulk).saturating_sub(written + merge_failed);
+    rejected.sort_by_key(|(i, _)| *i);
     Ok(syncable::BatchApplied::new(written, unchanged, rejected))
 }
 

@@ -122,3 +122,32 @@ fn a_sync_log_is_not_opened_as_a_library() {
     }
     assert!(std::fs::read(&path).unwrap() == before, "the file was modified");
 }
+
+/// A per-field change whose field value does not decode (a hostile or broken peer) is
+/// rejected whole — the record keeps every field as it was, including fields the change set
+/// before the broken one — while the other changes of the batch apply.
+#[test]
+fn a_per_field_change_with_an_unreadable_field_is_rejected_whole() {
+    use library_models::{FieldPatch, PatchField};
+    let tag = Tag::with_id(Id::new_v7(), "a".into(), None);
+    let good = change(&tag, 1, 10, 1, ChangeType::Insert);
+    let bad_patch = FieldPatch {
+        record: tag.uuid,
+        fields: vec![
+            PatchField { index: 0, value: sync_log::codec::encode(&"renamed".to_owned()).unwrap() },
+            PatchField { index: 1, value: vec![0xff, 0xff, 0xff] },
+        ],
+        tombstone: Some(false),
+    };
+    let bad = Change {
+        payload: sync_log::codec::encode(&bad_patch).unwrap(),
+        hlc: Hlc(20),
+        ..good.clone()
+    };
+    let mut conn = open_library(":memory:".as_ref()).unwrap();
+    let out = Tag::apply_batch(&mut conn, &[&good, &bad]).unwrap();
+    assert_eq!((out.written, out.rejected.len()), (1, 1));
+    assert_eq!(out.rejected[0].0, 1);
+    let stored = Tag::load(&mut conn, tag.uuid).unwrap().unwrap();
+    assert_eq!(stored.name, "a", "nothing of the rejected change was written");
+}
