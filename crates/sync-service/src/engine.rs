@@ -91,6 +91,8 @@ pub(crate) struct EngineParts {
     pub(crate) status_tx: watch::Sender<Status>,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) seed: u64,
+    /// Set when the service stops (cleanly or not): the dial loops end.
+    pub(crate) stop: Arc<watch::Sender<bool>>,
 }
 
 pub(crate) struct Engine {
@@ -113,7 +115,7 @@ pub(crate) struct Engine {
 
     members: BTreeMap<DeviceId, Member>,
     dialers: HashMap<DeviceId, JoinHandle<()>>,
-    stop_tx: watch::Sender<bool>,
+    stop_tx: Arc<watch::Sender<bool>>,
     peers: HashMap<DeviceId, Peer>,
 
     head: Position,
@@ -150,7 +152,7 @@ const DRAIN: usize = 256;
 
 impl Engine {
     pub(crate) fn new(parts: EngineParts) -> Self {
-        let (stop_tx, _) = watch::channel(false);
+        let stop_tx = parts.stop;
         let now = Instant::now();
         Self {
             cfg: parts.config,

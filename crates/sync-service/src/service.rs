@@ -93,6 +93,9 @@ struct Inner {
     events: broadcast::Sender<Event>,
     accepting: AtomicBool,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    driver_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    stop: Arc<watch::Sender<bool>>,
+    acceptor: Acceptor,
 }
 
 /// Real-time sync of one library on one device: a host runs one per library.
@@ -164,7 +167,7 @@ impl SyncService {
             first_start,
             position: leadership::Position(head.seq.0),
         };
-        let (driver, _driver_task) =
+        let (driver, driver_task) =
             driver::spawn(dparams, leadership_store, transport, observer).await?;
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
         let local = LocalState {
@@ -185,6 +188,9 @@ impl SyncService {
         };
         let ctx = SessionCtx { inbox: inbox_tx, queue: config.peer_queue, deliver };
         acceptor.attach(library, local_rx, ctx.clone());
+        let (stop, _) = watch::channel(false);
+        let stop = Arc::new(stop);
+        let engine_acceptor = acceptor.clone();
         let engine = Engine::new(EngineParts {
             config,
             library,
@@ -195,13 +201,14 @@ impl SyncService {
             models,
             member_table,
             connector: DynConnector::new(connector),
-            acceptor,
+            acceptor: engine_acceptor,
             ctx,
             outlets,
             local_tx,
             status_tx,
             events: events.clone(),
             seed,
+            stop: Arc::clone(&stop),
         });
         let span = tracing::info_span!("library", %library, %device);
         let task = tokio::spawn(engine.run(members, inbox_rx, control_rx).instrument(span));
@@ -215,6 +222,9 @@ impl SyncService {
                 events,
                 accepting: AtomicBool::new(true),
                 task: std::sync::Mutex::new(Some(task)),
+                driver_task: std::sync::Mutex::new(Some(driver_task)),
+                stop,
+                acceptor,
             }),
         })
     }
@@ -284,10 +294,14 @@ impl SyncService {
     /// sent; the write path's durability is all that is left.
     pub fn abort(&self) {
         self.inner.accepting.store(false, Ordering::SeqCst);
-        if let Ok(mut task) = self.inner.task.lock()
-            && let Some(task) = task.take()
-        {
-            task.abort();
+        let _ = self.inner.stop.send(true);
+        self.inner.acceptor.detach(&self.inner.library);
+        for slot in [&self.inner.task, &self.inner.driver_task] {
+            if let Ok(mut task) = slot.lock()
+                && let Some(task) = task.take()
+            {
+                task.abort();
+            }
         }
     }
 }
