@@ -1156,7 +1156,8 @@ fn corrupt_or(e: Error, path: &Path) -> Error {
 ///
 /// Every call runs the blocking [`SyncLogStore`] on tokio's blocking pool
 /// (`spawn_blocking`) behind a mutex, so the async runtime is never blocked on SQLite and calls
-/// are serialised (SQLite has one writer anyway). Needs a tokio runtime.
+/// are serialised (SQLite has one writer anyway). Needs a tokio runtime. Writes are durable
+/// when their future completes, as in [`SyncLogStore`](SyncLogStore#durability).
 #[derive(Clone, Debug)]
 pub struct SyncLog {
     inner: Arc<Mutex<SyncLogStore>>,

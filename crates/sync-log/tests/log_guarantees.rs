@@ -535,3 +535,82 @@ fn stamps_order_by_recency_then_device_then_version() {
     all.sort();
     assert_eq!(all, vec![s(9, 10, 1), s(1, 10, 2), s(5, 10, 2), s(1, 20, 1)]);
 }
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append(Vec<(u128, u64)>),
+    Prune(u64),
+    Truncate(u64),
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => prop::collection::vec((1u128..4, 1u64..40), 0..40).prop_map(Op::Append),
+        1 => (0u64..=100).prop_map(Op::Prune),
+        1 => (0u64..=100).prop_map(Op::Truncate),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever mix of appends (with re-submissions and in-batch repeats), prunes and
+    /// truncations runs, every origin key is sequenced at most once while it is in the log or
+    /// pruned, every append reports exactly what a model of the log predicts (`new` for unknown
+    /// keys at the next seq, the stored seq for held ones, the floor for pruned ones), and the
+    /// head always equals the table.
+    #[test]
+    fn any_mix_of_writes_matches_the_model(ops in proptest::collection::vec(op(), 1..25)) {
+        use std::collections::HashMap;
+        let mut log = SyncLogStore::in_memory(LibraryId::new_v7()).unwrap();
+        // origin key -> Some(seq) while held, None once pruned.
+        let mut model: HashMap<OriginKey, Option<Seq>> = HashMap::new();
+        for op in ops {
+            let (floor, head) = (log.floor().seq.0, log.head().seq.0);
+            match op {
+                Op::Append(keys) => {
+                    let batch: Vec<Change> = keys.iter().map(|&(d, s)| change(d, s)).collect();
+                    let out = log.append(Epoch(1), &batch).unwrap();
+                    let mut next = head;
+                    for (c, a) in batch.iter().zip(&out) {
+                        let expected = match model.get(&c.origin) {
+                            Some(Some(seq)) => (*seq, false),
+                            Some(None) => (Seq(floor), false),
+                            None => {
+                                next += 1;
+                                model.insert(c.origin, Some(Seq(next)));
+                                (Seq(next), true)
+                            }
+                        };
+                        proptest::prop_assert_eq!((a.seq, a.new), expected);
+                    }
+                }
+                Op::Prune(pct) => {
+                    let to = floor + (head - floor) * pct / 100;
+                    log.prune_below(Seq(to + 1)).unwrap();
+                    for v in model.values_mut() {
+                        if v.is_some_and(|s| s.0 <= to) {
+                            *v = None;
+                        }
+                    }
+                }
+                Op::Truncate(pct) => {
+                    let to = floor + (head - floor) * pct / 100;
+                    log.truncate_after(Seq(to)).unwrap();
+                    model.retain(|_, v| v.is_none_or(|s| s.0 <= to));
+                }
+            }
+            let entries = all_entries(&mut log);
+            let held: HashMap<OriginKey, Option<Seq>> =
+                entries.iter().map(|e| (e.change.origin, Some(e.seq))).collect();
+            proptest::prop_assert_eq!(held.len(), entries.len(), "a key is held twice");
+            proptest::prop_assert_eq!(
+                held,
+                model.iter().filter(|(_, v)| v.is_some()).map(|(k, v)| (*k, *v)).collect()
+            );
+            proptest::prop_assert_eq!(log.head(), entries.last().map_or(log.floor(), LogEntry::position));
+        }
+        log.verify().unwrap();
+    }
+}
