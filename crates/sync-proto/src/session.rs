@@ -548,8 +548,23 @@ impl SessionSender {
                 Some(send) => send.finish().map_err(|e| self.core.link.explain(e)),
                 None => Err(ProtoError::LocallyClosed),
             },
-            // Only the node's own shutdown holds the lock outside a send: it finishes anyway.
-            Err(_) => Ok(()),
+            // The protocol layer is sending (an idle probe) or closing: finish right after it.
+            // Everything this half sent is already written, so the order is kept.
+            Err(_) => {
+                let core = Arc::clone(&self.core);
+                let finish = async move {
+                    if let Some(send) = core.send.lock().await.as_mut() {
+                        let _ = send.finish();
+                    }
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(finish);
+                        Ok(())
+                    }
+                    Err(_) => Err(ProtoError::LocallyClosed),
+                }
+            }
         }
     }
 

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 const CHILD_ENV: &str = "SYNC_PROTO_CHILD_NODE";
 const FRAME_TIMEOUT_ENV: &str = "SYNC_PROTO_CHILD_FRAME_TIMEOUT_MS";
+const HANDSHAKE_TIMEOUT_ENV: &str = "SYNC_PROTO_CHILD_HANDSHAKE_TIMEOUT_MS";
 
 // ---- the node in a child process ----
 
@@ -57,6 +58,9 @@ async fn child_main() {
     let mut config = ProtoConfig::default();
     if let Some(ms) = std::env::var(FRAME_TIMEOUT_ENV).ok().and_then(|v| v.parse().ok()) {
         config.frame_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = std::env::var(HANDSHAKE_TIMEOUT_ENV).ok().and_then(|v| v.parse().ok()) {
+        config.handshake_timeout = Duration::from_millis(ms);
     }
     let endpoint = bind_loopback_with(Some(key(1)), &config).await.unwrap();
     let table = MemberTable::new();
@@ -497,7 +501,8 @@ async fn removing_a_member_closes_its_live_sessions() {
 /// half-sent 256 KiB hellos leave 8 pending, with a bounded number of tasks and bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_handshakes_per_endpoint_are_capped() {
-    let mut node = ChildNode::spawn(&[]).await;
+    // A handshake timeout longer than the attack, so the held connections stay held.
+    let mut node = ChildNode::spawn(&[(HANDSHAKE_TIMEOUT_ENV, "120000".into())]).await;
     legit_member_is_served(&node.addr).await;
     let before = node.measure().await;
     let ep = attacker(2).await;
