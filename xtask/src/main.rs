@@ -6,9 +6,12 @@
 #![deny(missing_docs)]
 
 mod bench_commit;
+mod bench_failover;
+mod bench_lag;
 mod bench_log;
 mod bench_proto;
 mod demo;
+mod sync_cluster;
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +49,10 @@ enum Bench {
     Commit,
     /// Protocol round trips and throughput over iroh on loopback versus a bare stream.
     Proto,
+    /// Sync lag and sustained rate over iroh on loopback, one leader and two followers.
+    Lag,
+    /// Time to a new leader after the leader's endpoint closes; writes lost (must be 0).
+    Failover,
 }
 
 /// Benchmarks mean nothing in a debug build: run the same command line again from a release
@@ -71,6 +78,8 @@ fn main() -> anyhow::Result<()> {
             Bench::LogAppend { rows } => bench_log::run(rows),
             Bench::Commit => bench_commit::run(),
             Bench::Proto => bench_proto::run(),
+            Bench::Lag => bench_lag::run(),
+            Bench::Failover => bench_failover::run(),
         },
     }
 }

@@ -10,7 +10,7 @@ use crate::Error;
 use crate::schema::library_meta;
 
 /// The schema version this build writes and the highest it can open.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// How long a connection waits for a lock held by another connection.
 pub const BUSY_TIMEOUT_MS: u32 = 5_000;

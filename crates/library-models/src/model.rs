@@ -370,6 +370,22 @@ impl FieldMerge<'_> {
     }
 }
 
+/// Whether two per-field changes of one record set one field (or the tombstone) to different
+/// values; a payload that does not decode counts as a conflict.
+#[doc(hidden)]
+pub fn patches_conflict(local: &Change, remote: &Change) -> bool {
+    let (Ok(a), Ok(b)) = (
+        sync_log::codec::decode::<FieldPatch>(&local.payload),
+        sync_log::codec::decode::<FieldPatch>(&remote.payload),
+    ) else {
+        return true;
+    };
+    let fields =
+        a.fields.iter().any(|f| b.value(usize::from(f.index)).is_some_and(|v| v != f.value));
+    let tombstone = matches!((a.tombstone, b.tombstone), (Some(x), Some(y)) if x != y);
+    fields || tombstone
+}
+
 /// Decodes a per-field change for model `T`: the patch, checked against the change.
 #[doc(hidden)]
 pub fn patch_from_change(change: &Change) -> Result<FieldPatch, syncable::Error> {
@@ -587,6 +603,13 @@ macro_rules! model {
             ) -> Result<$crate::__private::syncable::BatchApplied, $crate::__private::syncable::Error> {
                 $crate::model!(@apply_batch $merge, $name, $table, conn, changes, [ $( $field => $sql ),* ])
             }
+
+            fn conflicts(
+                local: &$crate::__private::sync_log::Change,
+                remote: &$crate::__private::sync_log::Change,
+            ) -> bool {
+                $crate::model!(@conflicts $merge, local, remote)
+            }
         }
 
         impl $crate::LibraryModel for $name {
@@ -803,6 +826,14 @@ macro_rules! model {
     };
     (@columns per_field, [ $( $field:ident ),* ]) => {
         &["uuid", $( stringify!($field), )* "version", "hlc", "device_id", "tombstone", "field_stamps"]
+    };
+
+    (@conflicts per_record, $local:ident, $remote:ident) => {{
+        let _ = ($local, $remote);
+        true
+    }};
+    (@conflicts per_field, $local:ident, $remote:ident) => {
+        $crate::__private::patches_conflict($local, $remote)
     };
 
     (@merge_kind per_record) => { $crate::Merge::PerRecord };
@@ -1044,7 +1075,7 @@ pub mod __private {
     pub use crate::hash::hash_rows;
     pub use crate::model::{
         FieldMerge, INSERT_CHUNK, create_table_sql, merge_fields, merge_rows_sql,
-        patch_from_change, record_from_change,
+        patch_from_change, patches_conflict, record_from_change,
     };
     pub use diesel;
     pub use sync_log;

@@ -16,6 +16,9 @@ crate::model! {
         name: String => Text,
         /// Operating system, free text.
         os: String => Text,
+        /// The device's iroh endpoint id (its 32-byte public key): who may connect as this
+        /// member. Empty until the device is paired.
+        endpoint: Vec<u8> => Binary,
     }
     local {
         sync_leadership => Nullable<Binary>,

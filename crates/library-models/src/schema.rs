@@ -43,6 +43,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    conflict_log (id) {
+        id -> BigInt,
+        at_ms -> BigInt,
+        seq -> BigInt,
+        model -> Text,
+        record -> Binary,
+        local_change -> Binary,
+        remote_change -> Binary,
+        remote_won -> Bool,
+    }
+}
+
+diesel::table! {
     pending_entries (seq) {
         seq -> BigInt,
         model -> Text,

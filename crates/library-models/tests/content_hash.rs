@@ -39,7 +39,9 @@ fn apply<T: LibraryModel>(conn: &mut SqliteConnection, record: &T, version: u64,
 fn one_of_each(conn: &mut SqliteConnection, reverse: bool) {
     let ids: Vec<Id> = (1..=7).map(|i| Id(uuid::Uuid::from_u128(i))).collect();
     let mut steps: Vec<Write<'_>> = vec![
-        Box::new(|c| apply(c, &Device::with_id(ids[0], "d".into(), "os".into()), 1, false)),
+        Box::new(|c| {
+            apply(c, &Device::with_id(ids[0], "d".into(), "os".into(), Vec::new()), 1, false)
+        }),
         Box::new(|c| {
             apply(c, &Location::with_id(ids[1], ids[0], "l".into(), "/".into()), 1, false)
         }),
@@ -84,7 +86,7 @@ fn every_registered_table_is_hashed_order_independently() {
     let id = Id(uuid::Uuid::from_u128(42));
     let mut seen = vec![blank];
     let per_model: Vec<Write<'_>> = vec![
-        Box::new(|c| apply(c, &Device::with_id(id, "d".into(), "os".into()), 1, false)),
+        Box::new(|c| apply(c, &Device::with_id(id, "d".into(), "os".into(), Vec::new()), 1, false)),
         Box::new(|c| apply(c, &Location::with_id(id, id, "l".into(), "/".into()), 1, false)),
         Box::new(|c| apply(c, &Tag::with_id(id, "t".into(), None), 1, false)),
         Box::new(|c| apply(c, &Collection::with_id(id, "c".into(), None), 1, false)),

@@ -40,7 +40,7 @@ fn leadership_state_round_trips_and_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("library.db");
     let mut conn = open_library(&path).unwrap();
-    let me = Device::with_id(Id::new_v7(), "laptop".into(), "linux".into());
+    let me = Device::with_id(Id::new_v7(), "laptop".into(), "linux".into(), Vec::new());
     apply_device(&mut conn, &me, 1);
 
     assert_eq!(leadership_state(&mut conn, me.uuid).unwrap(), None);
@@ -67,7 +67,7 @@ fn leadership_state_round_trips_and_survives_reopen() {
 #[test]
 fn leadership_state_is_not_synced_state() {
     let mut conn = open_library(":memory:".as_ref()).unwrap();
-    let me = Device::with_id(Id::new_v7(), "laptop".into(), "linux".into());
+    let me = Device::with_id(Id::new_v7(), "laptop".into(), "linux".into(), Vec::new());
     apply_device(&mut conn, &me, 1);
     let before = content_hash(&mut conn).unwrap();
     set_leadership_state(&mut conn, me.uuid, Some(STATE)).unwrap();

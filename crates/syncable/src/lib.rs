@@ -221,6 +221,15 @@ pub trait Syncable: Sized + 'static {
         }
         Ok(out)
     }
+
+    /// Whether two concurrent changes of one record touch the same data, so that one of them
+    /// loses something — what a conflict log records. The default (a record merged whole):
+    /// always. A model that merges per field says whether both set one field to different
+    /// values. Never fails: a payload it cannot read counts as a conflict.
+    fn conflicts(local: &Change, remote: &Change) -> bool {
+        let _ = (local, remote);
+        true
+    }
 }
 
 /// What [`Syncable::apply_batch`] did.
@@ -275,6 +284,8 @@ pub struct ModelRegistration {
     pub apply_batch: fn(&mut SqliteConnection, &[&Change]) -> Result<BatchApplied, Error>,
     /// [`Syncable::hash_rows`].
     pub hash_rows: HashRowsFn,
+    /// [`Syncable::conflicts`].
+    pub conflicts: fn(&Change, &Change) -> bool,
 }
 
 impl ModelRegistration {
@@ -286,6 +297,7 @@ impl ModelRegistration {
             apply: T::apply,
             apply_batch: T::apply_batch,
             hash_rows: T::hash_rows,
+            conflicts: T::conflicts,
         }
     }
 }
@@ -434,6 +446,14 @@ impl Registry {
     /// Applies `change` through its model inside the caller's transaction.
     pub fn apply(&self, conn: &mut SqliteConnection, change: &Change) -> Result<Applied, Error> {
         (self.get(&change.model)?.apply)(conn, change)
+    }
+
+    /// [`Syncable::conflicts`] of the model of `local` (`false` for a model this registry does
+    /// not know, or two changes of different records or models).
+    pub fn conflicts(&self, local: &Change, remote: &Change) -> bool {
+        local.model == remote.model
+            && local.record == remote.record
+            && self.get(&local.model).is_ok_and(|m| (m.conflicts)(local, remote))
     }
 
     /// Applies `changes` in order inside the caller's transaction, each run of consecutive

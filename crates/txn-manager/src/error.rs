@@ -7,12 +7,12 @@ use uuid::Uuid;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Opening or reading the library database failed.
+    /// Opening or reading the library database failed (boxed: it is large, and rare).
     #[error(transparent)]
-    Models(#[from] library_models::Error),
-    /// The registry or a model's apply/encode failed.
+    Models(Box<library_models::Error>),
+    /// The registry or a model's apply/encode failed (boxed: it is large, and rare).
     #[error(transparent)]
-    Syncable(#[from] syncable::Error),
+    Syncable(Box<syncable::Error>),
     /// The sync log failed.
     #[error(transparent)]
     Log(#[from] sync_log::Error),
@@ -98,6 +98,18 @@ pub enum Error {
     Task(String),
 }
 
+impl From<library_models::Error> for Error {
+    fn from(e: library_models::Error) -> Self {
+        Self::Models(Box::new(e))
+    }
+}
+
+impl From<syncable::Error> for Error {
+    fn from(e: syncable::Error) -> Self {
+        Self::Syncable(Box::new(e))
+    }
+}
+
 impl Error {
     /// Whether the same call may succeed later (a locked database); everything else is fatal
     /// for that call.
@@ -105,8 +117,9 @@ impl Error {
         match self {
             Self::Log(e) => e.is_retryable(),
             Self::Models(e) => e.is_retryable(),
-            Self::Database(e) | Self::Syncable(syncable::Error::Database(e)) => {
-                library_models::is_busy(e)
+            Self::Database(e) => library_models::is_busy(e),
+            Self::Syncable(e) => {
+                matches!(&**e, syncable::Error::Database(e) if library_models::is_busy(e))
             }
             _ => false,
         }

@@ -72,6 +72,7 @@
 //!   with a warning ([`HybridClock`]).
 #![deny(missing_docs)]
 
+mod conflicts;
 mod error;
 mod hlc;
 mod leadership_store;
@@ -80,6 +81,7 @@ mod manager;
 mod op;
 mod outbox;
 
+pub use conflicts::{Conflict, DEFAULT_CONFLICT_LOG_CAPACITY};
 pub use error::Error;
 pub use hlc::{Clock, DEFAULT_MAX_DRIFT_MS, HybridClock, ManualClock, Observed, SystemClock};
 pub use leadership_store::DeviceLeadershipStore;

@@ -11,6 +11,7 @@ use sync_log::{Change, ChangeType, DeviceId, Epoch, Hlc, LibraryId, LogEntry, Se
 use syncable::{Applied, Registry};
 use tokio::sync::broadcast;
 
+use crate::conflicts::Conflict;
 use crate::op::StampCtx;
 use crate::outbox::{OwnEntries, next_key, rekey};
 use crate::{Clock, DEFAULT_MAX_DRIFT_MS, Error, HybridClock, Op, SystemClock};
@@ -33,11 +34,18 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// Maximum drift of a peer stamp before it is clamped (see [`HybridClock`]).
     pub max_drift_ms: u64,
+    /// How many conflicts the local conflict log keeps ([`Library::conflicts`]); older ones
+    /// are dropped and counted.
+    pub conflict_log_capacity: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { clock: Arc::new(SystemClock), max_drift_ms: DEFAULT_MAX_DRIFT_MS }
+        Self {
+            clock: Arc::new(SystemClock),
+            max_drift_ms: DEFAULT_MAX_DRIFT_MS,
+            conflict_log_capacity: crate::conflicts::DEFAULT_CONFLICT_LOG_CAPACITY,
+        }
     }
 }
 
@@ -104,6 +112,8 @@ pub struct ApplyReport {
     /// Outbox rows re-keyed because the log holds another change under one of their origin
     /// keys (see [`Library::open`]).
     pub rekeyed: u64,
+    /// Conflicts recorded in the local conflict log ([`Library::conflicts`]).
+    pub conflicts: u64,
 }
 
 impl ApplyReport {
@@ -114,6 +124,7 @@ impl ApplyReport {
         self.bulk += other.bulk;
         self.skipped += other.skipped;
         self.rekeyed += other.rekeyed;
+        self.conflicts += other.conflicts;
     }
 }
 
@@ -173,6 +184,10 @@ pub struct Library {
     rewind_to: Option<Seq>,
     /// Rows in `resubmit` (kept with the table, so that apply skips the delete when it is 0).
     resubmit_rows: u64,
+    /// The physical clock (for the conflict log's times).
+    clock: Arc<dyn Clock>,
+    /// Bound of the conflict log.
+    conflict_capacity: usize,
     events: broadcast::Sender<Event>,
 }
 
@@ -281,7 +296,13 @@ impl Library {
             library,
             device,
             registry,
-            hlc: HybridClock::new(config.clock, Hlc(from_db(state.hlc)), config.max_drift_ms),
+            hlc: HybridClock::new(
+                config.clock.clone(),
+                Hlc(from_db(state.hlc)),
+                config.max_drift_ms,
+            ),
+            clock: config.clock,
+            conflict_capacity: config.conflict_log_capacity,
             origin_seq: from_db(state.origin_seq),
             applied_seq: Seq(from_db(state.applied_seq)),
             rewind_to: state.rewind_to.map(|s| Seq(from_db(s))),
@@ -505,6 +526,33 @@ impl Library {
             .into_iter()
             .map(|(model, reason, n)| Kept { model, reason, entries: from_db(n) })
             .collect())
+    }
+
+    /// The newest `limit` recorded conflicts, newest first: applied changes that overwrote a
+    /// local change no other device had seen yet, or lost to one (per field for models that
+    /// merge per field: only when both set one field to different values).
+    pub fn conflicts(&mut self, limit: usize) -> Result<Vec<Conflict>, Error> {
+        crate::conflicts::list(&mut self.conn, limit)
+    }
+
+    /// Empties the conflict log; returns how many entries went.
+    pub fn clear_conflicts(&mut self) -> Result<u64, Error> {
+        crate::conflicts::clear(&mut self.conn)
+    }
+
+    /// How many conflicts were dropped because the log was full (oldest first).
+    pub fn conflicts_dropped(&mut self) -> Result<u64, Error> {
+        crate::conflicts::dropped_count(&mut self.conn)
+    }
+
+    /// How many local changes wait in the outbox (not yet seen in the global log).
+    pub fn outbox_len(&mut self) -> Result<u64, Error> {
+        let n: i64 = outbox::table
+            .select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "COALESCE(SUM(last_origin_seq - first_origin_seq + 1), 0)",
+            ))
+            .first(&mut self.conn)?;
+        Ok(from_db(n))
     }
 
     /// How many log entries are kept (not applied) in this database.

@@ -135,6 +135,21 @@ impl TransactionManager {
         self.with(move |l| l.resubmit(limit)).await
     }
 
+    /// See [`Library::conflicts`].
+    pub async fn conflicts(&self, limit: usize) -> Result<Vec<crate::Conflict>, Error> {
+        self.with(move |l| l.conflicts(limit)).await
+    }
+
+    /// See [`Library::clear_conflicts`].
+    pub async fn clear_conflicts(&self) -> Result<u64, Error> {
+        self.with(|l| l.clear_conflicts()).await
+    }
+
+    /// See [`Library::outbox_len`].
+    pub async fn outbox_len(&self) -> Result<u64, Error> {
+        self.with(|l| l.outbox_len()).await
+    }
+
     /// The applied seq.
     pub async fn applied_seq(&self) -> Result<Seq, Error> {
         self.with(|l| Ok(l.applied_seq())).await

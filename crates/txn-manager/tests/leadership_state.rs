@@ -24,7 +24,8 @@ fn leadership_state_stays_local_through_the_write_path() {
     let device = DeviceId::new_v7();
     let me = Id(device.0);
     let (mut lib, _) = common::memory_library(device, 1_000);
-    lib.commit(vec![Op::put(Device::with_id(me, "laptop".into(), "linux".into()))]).unwrap();
+    lib.commit(vec![Op::put(Device::with_id(me, "laptop".into(), "linux".into(), Vec::new()))])
+        .unwrap();
     let hash = lib.content_hash().unwrap();
     let outbox = lib.outbox(10).unwrap().len();
 

@@ -12,8 +12,13 @@ fn library_with_device_row(path: &std::path::Path, device: DeviceId) -> Library 
     let registry = syncable::Registry::from_inventory().unwrap();
     let mut log = sync_log::SyncLogStore::in_memory(sync_log::LibraryId::NIL).unwrap();
     let mut lib = Library::open(path, &mut log, device, registry, Config::default()).unwrap();
-    lib.commit(vec![Op::put(Device::with_id(Id(device.0), "laptop".into(), "linux".into()))])
-        .unwrap();
+    lib.commit(vec![Op::put(Device::with_id(
+        Id(device.0),
+        "laptop".into(),
+        "linux".into(),
+        Vec::new(),
+    ))])
+    .unwrap();
     lib
 }
 

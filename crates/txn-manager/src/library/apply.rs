@@ -82,11 +82,15 @@ impl Library {
         let resubmit_rows = self.resubmit_rows;
         let mut resubmitted = 0u64;
         let mut rekeyed = 0u64;
+        let mut conflicts = 0u64;
+        let (at_ms, capacity) = (self.clock.now_millis(), self.conflict_capacity);
         self.conn.immediate_transaction(|conn| {
             let mut own = OwnEntries::default();
+            let mut watch = crate::conflicts::Watch::load(conn)?;
             let mut known: Vec<&LogEntry> = Vec::with_capacity(fresh.len());
             for e in &fresh {
                 hlc.observe(e.change.hlc);
+                watch.see(registry, device, e);
                 if resubmit_rows > resubmitted {
                     match settle_resubmit(conn, &e.change)? {
                         Resubmit::None => {}
@@ -124,6 +128,7 @@ impl Library {
             // Known entries keep their order; runs of one model go through one batch apply.
             apply_known(conn, registry, &known, &mut report)?;
             (origin_seq, rekeyed) = own.finish(conn, origin_seq)?;
+            conflicts = watch.record(conn, at_ms, capacity)?;
             diesel::update(local_state::table.find(1))
                 .set((
                     local_state::applied_seq.eq(to_db(last.0)),
@@ -138,6 +143,7 @@ impl Library {
         self.applied_seq = last;
         self.resubmit_rows -= resubmitted;
         report.rekeyed = rekeyed;
+        report.conflicts = conflicts;
         self.emit(Event::Applied { through: last });
         Ok(report)
     }
