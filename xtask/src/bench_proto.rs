@@ -8,6 +8,12 @@
 //!   bi-stream (new connection on a raw ALPN) read to its end and answered with one byte.
 //!   Best of `ROUNDS` for each side, alternating.
 //!
+//! Both sides use the protocol's QUIC transport settings (`sync_proto::transport_config`: one
+//! bidirectional stream, the default stream and connection receive windows), the bare stream
+//! included, and the window sizes are printed with the figures. For reference, the bare stream
+//! is also measured against an endpoint with iroh's default transport settings (1.25 MB stream
+//! window, no connection cap, 100 + 100 streams): what the bounded windows cost.
+//!
 //! Figures mean something only in release: `cargo run --release -p xtask -- bench proto`.
 
 use std::sync::Arc;
@@ -22,6 +28,11 @@ use sync_proto::{
     Connector, IrohConnector, LocalState, MemberTable, Message, Ping, Pong, ProtoConfig, SYNC_ALPN,
     Session, SessionHandler, SnapshotChunk, SyncProtocol,
 };
+
+/// The settings measured: the defaults every node uses.
+fn config() -> ProtoConfig {
+    ProtoConfig::default()
+}
 
 const RAW_ALPN: &[u8] = b"library-sync/bench-raw/0";
 const WARMUP: usize = 1_000;
@@ -99,8 +110,9 @@ fn state(library: LibraryId, device: DeviceId) -> LocalState {
 async fn bench() -> anyhow::Result<()> {
     let library = LibraryId::new_v7();
     let (server_device, client_device) = (DeviceId::new_v7(), DeviceId::new_v7());
-    let server_ep = sync_proto::bind_loopback(None).await?;
-    let client_ep = sync_proto::bind_loopback(None).await?;
+    let config = config();
+    let server_ep = sync_proto::bind_loopback_with(None, &config).await?;
+    let client_ep = sync_proto::bind_loopback_with(None, &config).await?;
 
     let server_members = MemberTable::new();
     server_members.add(library, client_ep.id(), client_device);
@@ -108,14 +120,27 @@ async fn bench() -> anyhow::Result<()> {
     client_members.add(library, server_ep.id(), server_device);
 
     let echo = Arc::new(Echo { state: state(library, server_device) });
-    let protocol = SyncProtocol::new(server_members, echo, ProtoConfig::default());
+    let protocol = SyncProtocol::new(server_members, echo, config.clone());
     let router = Router::builder(server_ep.clone())
         .accept(SYNC_ALPN, protocol)
         .accept(RAW_ALPN, RawSink)
         .spawn();
     let server_addr = sync_proto::loopback_addr(&server_ep);
 
-    let dialer = IrohConnector::new(client_ep.clone(), client_members, ProtoConfig::default());
+    // Reference: a bare stream to an endpoint with iroh's default transport settings.
+    let default_ep = iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
+        .relay_mode(iroh::RelayMode::Disabled)
+        .clear_address_lookup()
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")
+        .context("bind address")?
+        .bind()
+        .await
+        .context("bind the reference endpoint")?;
+    let default_router = Router::builder(default_ep.clone()).accept(RAW_ALPN, RawSink).spawn();
+    let default_addr = sync_proto::loopback_addr(&default_ep);
+
+    let dialer = IrohConnector::new(client_ep.clone(), client_members, config.clone());
     let mut session = dialer.connect(server_addr.clone(), state(library, client_device)).await?;
 
     // Round trips.
@@ -135,18 +160,23 @@ async fn bench() -> anyhow::Result<()> {
     // Throughput, alternating sides, best of each.
     let chunk = Bytes::from(vec![0xC3; CHUNK]);
     let (mut best_proto, mut best_raw) = (Duration::MAX, Duration::MAX);
+    let mut best_default = Duration::MAX;
     for _ in 0..ROUNDS {
         best_proto = best_proto.min(proto_transfer(&mut session, &chunk).await?);
         best_raw = best_raw.min(raw_transfer(&client_ep, &server_addr, &chunk).await?);
+        best_default = best_default.min(raw_transfer(&client_ep, &default_addr, &chunk).await?);
     }
     let mib_s = |d: Duration| TOTAL_MIB as f64 / d.as_secs_f64();
-    let (proto, raw) = (mib_s(best_proto), mib_s(best_raw));
+    let (proto, raw, default) = (mib_s(best_proto), mib_s(best_raw), mib_s(best_default));
 
     drop(session);
     router.shutdown().await.context("router shutdown")?;
+    default_router.shutdown().await.context("reference router shutdown")?;
     client_ep.close().await;
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!("bench: stream_window_kib = {}", config.stream_window / 1024);
+    println!("bench: connection_window_kib = {}", config.connection_window / 1024);
     println!(
         "bench: rounds = {ROUND_TRIPS} round trips after {WARMUP} warm-up; {TOTAL_MIB} MiB in 1 MiB frames, best of {ROUNDS}"
     );
@@ -155,6 +185,8 @@ async fn bench() -> anyhow::Result<()> {
     println!("bench: proto_throughput_mib_s = {proto:.0}");
     println!("bench: raw_stream_throughput_mib_s = {raw:.0}");
     println!("bench: proto_vs_raw = {:.2}", proto / raw);
+    println!("bench: raw_stream_default_windows_throughput_mib_s = {default:.0}");
+    println!("bench: bounded_vs_default_windows = {:.2}", raw / default);
     Ok(())
 }
 
