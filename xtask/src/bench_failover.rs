@@ -28,7 +28,6 @@ pub(crate) fn run() -> anyhow::Result<()> {
     })
 }
 
-#[allow(clippy::result_large_err)] // the closure's error is txn_manager::Error, sized by its crate
 async fn measure(cluster: &mut Cluster, lease: Duration) -> anyhow::Result<()> {
     let seen = [AppliedAt::watch(cluster.svc(1)), AppliedAt::watch(cluster.svc(2))];
     let mut written: Vec<Uuid> = Vec::new();

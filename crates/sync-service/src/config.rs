@@ -32,8 +32,6 @@ pub struct Config {
     pub resend_after: Duration,
     /// A peer that is connected and behind but has not advanced for this long is "stuck".
     pub stuck_after: Duration,
-    /// Conflicts kept in memory (the oldest is dropped, and counted, beyond this).
-    pub conflict_capacity: usize,
 }
 
 impl Default for Config {
@@ -48,7 +46,6 @@ impl Default for Config {
             tick: Duration::from_millis(250),
             resend_after: Duration::from_secs(2),
             stuck_after: Duration::from_secs(10),
-            conflict_capacity: 1_000,
         }
     }
 }

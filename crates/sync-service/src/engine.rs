@@ -280,12 +280,11 @@ impl Engine {
         let _ = self.driver.set_position(leadership::Position(self.head.seq.0));
     }
 
-    #[allow(clippy::result_large_err)] // the closure's error is txn_manager::Error, sized by its crate
     async fn refresh_counts(&mut self) {
         let counts = self
             .tm
             .with(|l| {
-                let outbox = l.outbox(10_000)?.len() as u64;
+                let outbox = l.outbox_len()?;
                 let kept = l.pending_count()?;
                 Ok((outbox, l.resubmit_count(), kept))
             })
@@ -778,7 +777,6 @@ impl Engine {
 
     /// Sends the resubmit table and the outbox (or only what is new since the last send) to
     /// the leader.
-    #[allow(clippy::result_large_err)] // the closure's error is txn_manager::Error, sized by its crate
     async fn forward(&mut self, force: bool) {
         let Some(leader) = self.leader() else { return };
         if !self.peers.contains_key(&leader) {

@@ -121,7 +121,6 @@ impl std::fmt::Debug for SyncService {
 impl SyncService {
     /// Starts the service: recovers what a crash left (catch-up), starts leadership, attaches
     /// to the acceptor and dials the members this device dials (the lower device id of a pair).
-    #[allow(clippy::result_large_err)] // the closure's error is txn_manager::Error, sized by its crate
     pub async fn start<C: Connector>(params: ServiceParams, connector: C) -> Result<Self> {
         params.config.validate()?;
         let ServiceParams {
@@ -263,9 +262,21 @@ impl SyncService {
     }
 
     /// The content hash of this device's copy of the library.
-    #[allow(clippy::result_large_err)] // the closure's error is txn_manager::Error, sized by its crate
     pub async fn content_hash(&self) -> Result<syncable::ContentHash> {
         Ok(self.inner.tm.with(|l| l.content_hash()).await?)
+    }
+
+    /// The conflict log, newest first, at most `limit`: applied changes that overwrote a
+    /// local change no other device had seen, or lost to one (model, record, both changes
+    /// with their stamps and payloads, when, which won). Bounded by the write path's
+    /// `conflict_log_capacity` (oldest dropped and counted).
+    pub async fn conflicts(&self, limit: usize) -> Result<Vec<txn_manager::Conflict>> {
+        Ok(self.inner.tm.conflicts(limit).await?)
+    }
+
+    /// Empties the conflict log; returns how many entries it held.
+    pub async fn clear_conflicts(&self) -> Result<u64> {
+        Ok(self.inner.tm.clear_conflicts().await?)
     }
 
     /// Replaces the member list (a device added or removed): a removed device's session is

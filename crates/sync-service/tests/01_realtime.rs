@@ -80,3 +80,71 @@ async fn a_clean_shutdown_delivers_what_was_committed() {
     c.assert_all_present().await;
     c.shutdown_all().await;
 }
+
+/// Removing a member cuts its live sessions at once and refuses it from then on: once the
+/// others drop device 2 from their member list, its sessions close, their new changes no
+/// longer reach it, its writes no longer reach them, and the remaining two stay in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_member_cuts_its_sessions_at_once() {
+    let mut c = Cluster::new(3, common::seed(4)).await;
+    c.wait_leader(T).await;
+    c.write(0, "before").await;
+    c.wait_converged(T).await;
+    let remaining = c.members()[..2].to_vec();
+    for i in 0..2 {
+        c.svc(i).set_members(remaining.clone()).unwrap();
+    }
+    c.wait_for("device 2 to be cut off", T, || async {
+        c.svc(2).status().peers.iter().all(|p| !p.connected)
+    })
+    .await;
+    let removed_head = c.svc(2).status().log_head.seq;
+    c.svc(2)
+        .commit(vec![txn_manager::Op::put(library_models::Tag::new("removed".into(), None))])
+        .await
+        .unwrap();
+    c.write(0, "after the removal").await;
+    c.write(1, "from the other").await;
+    c.wait_for("the two members to converge", T, || async {
+        let (a, b) = (c.svc(0).status(), c.svc(1).status());
+        a.log_head == b.log_head && a.outbox_len == 0 && b.outbox_len == 0 && a.log_head.seq.0 == 3
+    })
+    .await;
+    assert_eq!(c.svc(2).status().log_head.seq, removed_head, "nothing reached the removed device");
+    c.kill(2);
+    c.wait_converged(T).await;
+    c.assert_all_present().await;
+    c.shutdown_all().await;
+}
+
+/// The conflict log: a follower cut off alone edits a tag that the leader edits too; when it
+/// returns, the leader's change arrives while its own is still unsent, and the service's
+/// `conflicts()` lists the record with both changes; every device converges to one value and
+/// `clear_conflicts()` empties the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_edit_is_listed_in_the_conflict_log() {
+    let mut c = Cluster::new(3, common::seed(5)).await;
+    c.wait_leader(T).await;
+    let mut tag = library_models::Tag::new("shared".into(), None);
+    let id = tag.uuid.0;
+    c.svc(0).commit(vec![txn_manager::Op::put(tag.clone())]).await.unwrap();
+    c.acknowledged.push(id);
+    c.wait_converged(T).await;
+    c.partition(&[&[0, 1], &[2]]);
+    tag.name = "edited alone".into();
+    c.svc(2).commit(vec![txn_manager::Op::put(tag.clone())]).await.unwrap();
+    tag.name = "edited by the leader".into();
+    c.svc(0).commit(vec![txn_manager::Op::put(tag)]).await.unwrap();
+    c.heal();
+    c.wait_converged(T).await;
+    let conflicts = c.svc(2).conflicts(10).await.unwrap();
+    assert!(
+        conflicts.iter().any(|k| k.record == id && k.model == "tag"),
+        "{conflicts:?}\n{}",
+        c.describe()
+    );
+    assert!(c.svc(2).clear_conflicts().await.unwrap() >= 1);
+    assert!(c.svc(2).conflicts(10).await.unwrap().is_empty());
+    c.assert_all_present().await;
+    c.shutdown_all().await;
+}

@@ -1,7 +1,7 @@
 //! End to end over real iroh on loopback (127.0.0.1, relays off, the Minimal preset): three
 //! endpoints in one test process, each with its own router, acceptor and files.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use library_models as _;
 

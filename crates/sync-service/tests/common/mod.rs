@@ -4,13 +4,7 @@
 //! device can be killed (`abort`: as a crash) and restarted on its files. Waits are on
 //! conditions with a deadline, never sleeps. The seed of every run is printed.
 
-#![allow(
-    dead_code,
-    unreachable_pub,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::result_large_err
-)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 use std::future::Future;
