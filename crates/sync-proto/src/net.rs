@@ -8,8 +8,8 @@
 //! bidirectional and 0 unidirectional streams, the dialer lets its peer open none; each stream
 //! may carry [`ProtoConfig::stream_window`] bytes ahead of its reader and the connection
 //! [`ProtoConfig::connection_window`] bytes over all streams. A peer can thus make a node
-//! buffer at most the connection window per connection (4 MiB by default), however many
-//! streams it tries to open, plus the frame being read (bounded by the maximum frame size,
+//! buffer at most one stream window per connection (1.25 MB by default; the connection
+//! window, 2.5 MB, caps all streams together), however many streams it tries to open, plus the frame being read (bounded by the maximum frame size,
 //! allocated only as its bytes arrive). The dialer applies the settings to each connection it
 //! makes; the acceptor's come from the endpoint, so **bind every endpoint that hosts
 //! [`SYNC_ALPN`] with [`transport_config`]** ([`bind_loopback`] does). As a second line,
@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use iroh::endpoint::{
     ConnectOptions, Connection, ConnectionError, QuicTransportConfig, ReadError, RecvStream,
     SendStream, VarInt, WriteError, presets,
@@ -323,8 +324,10 @@ impl SendLink for IrohSend {
                 self.buf.extend_from_slice(&frame.payload);
                 self.stream.write_all(&self.buf).await.map_err(map_write)
             } else {
-                self.stream.write_all(&frame.header).await.map_err(map_write)?;
-                self.stream.write_all(&frame.payload).await.map_err(map_write)
+                // Hands the payload to QUIC as it is: no copy into the stream's buffer.
+                let mut chunks =
+                    [Bytes::copy_from_slice(&frame.header), Bytes::from(frame.payload)];
+                self.stream.write_all_chunks(&mut chunks).await.map_err(map_write)
             }
         })
     }

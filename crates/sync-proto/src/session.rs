@@ -44,16 +44,17 @@ use crate::frame::{self, FrameConfig};
 use crate::message::{ErrorCode, ErrorMessage, Message, Ping};
 use crate::version::{ProtocolVersion, VersionRange};
 
-/// The default stream receive window: how much one stream may carry ahead of its reader.
+/// The default stream receive window: how much one stream may carry ahead of its reader —
+/// iroh's own default (1.25 MB).
 ///
-/// 2 MiB keeps `cargo xtask bench proto` within 0.8 of a bare stream with the same window;
-/// much larger windows are not safe with iroh's QUIC: it aborts a connection whose stream
-/// buffer holds more than 1024 gaps (seen at 8 MiB under load), and a 2 MiB window of
-/// ~1200-byte packets holds fewer than 900.
-pub const DEFAULT_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// Larger windows do not help on a fast link and hurt here: 2 MiB halved loopback throughput
+/// in `cargo xtask bench proto` (more loss and recovery), and iroh's QUIC aborts a connection
+/// whose stream buffer holds more than 1024 gaps (seen with 8 MiB windows under load).
+pub const DEFAULT_STREAM_WINDOW: u32 = 1_250_000;
 /// The default connection receive window: how much one connection may carry ahead of its
-/// readers, over all its streams.
-pub const DEFAULT_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// readers, over all its streams (twice the stream window: with one stream allowed, the
+/// stream window is what binds).
+pub const DEFAULT_CONNECTION_WINDOW: u32 = 2 * DEFAULT_STREAM_WINDOW;
 
 /// Protocol settings shared by dialer and acceptor.
 #[derive(Clone, Debug)]
