@@ -368,7 +368,9 @@ async fn hostile_acceptor_cannot_open_streams_toward_the_dialer() {
 
 /// At most one live session per (library, device): eight sessions of one device, each
 /// sending all but the last byte of a 16 MiB frame, leave one session open — each newer one
-/// closed the older with REPLACED — and the node holds about one such frame, not eight.
+/// closed the older with REPLACED — and the node holds one such frame: its resident set grows
+/// by less than four frames' worth (one live frame, plus freed heap the allocator keeps — glibc
+/// keeps up to 32 MiB), not the eight frames' worth pinned before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_has_one_live_session_and_replaced_ones_are_closed() {
     let mut node = ChildNode::spawn(&[]).await;
@@ -394,7 +396,7 @@ async fn a_device_has_one_live_session_and_replaced_ones_are_closed() {
         "8 sessions of one device with 16 MiB frames pending: node rss {} -> {} KiB (+{} KiB), live {}",
         before.rss_kib, after.rss_kib, grown, after.live
     );
-    assert!(grown <= 48 * 1024, "node grew by {grown} KiB");
+    assert!(grown <= 64 * 1024, "node grew by {grown} KiB");
     drop(conns);
     ep.close().await;
     legit_member_is_served(&node.addr).await;
