@@ -288,6 +288,8 @@ suite! {
     handshake_kinds_cannot_be_sent_in_a_session;
     /// A quiet peer that answers probes keeps its session; a silent one is closed with TIMEOUT.
     idle_sessions_are_probed_then_closed;
+    /// The text of a peer's Error message reaches the service sanitised and capped.
+    peer_error_text_is_sanitised;
 }
 
 fn pings(n: u64) -> impl Iterator<Item = Message> {
@@ -543,5 +545,30 @@ async fn idle_sessions_are_probed_then_closed<T: Transport>() {
     rig.log.wait_for("idle close", |l| l.ends.lock().unwrap().len() == 2).await;
     let end = rig.log.ends.lock().unwrap()[1].clone();
     assert!(end.contains("stalled"), "{end}");
+    T::stop(rig).await;
+}
+
+async fn peer_error_text_is_sanitised<T: Transport>() {
+    let rig = T::start(
+        ProtoConfig::default(),
+        ProtoConfig::default(),
+        script(|mut session, log| async move {
+            if let Ok(Some(Message::Error(e))) = session.recv().await {
+                log.note_end(e.message);
+            }
+        }),
+    )
+    .await;
+    let mut session = rig.connect().await;
+    let evil = format!("one\ntwo\x1b[2J\u{202e}{}", "B".repeat(400));
+    session
+        .send(&Message::Error(ErrorMessage { code: ErrorCode::INTERNAL, message: evil }))
+        .await
+        .unwrap();
+    rig.log.wait_for("error text", |l| !l.ends.lock().unwrap().is_empty()).await;
+    let text = rig.log.ends.lock().unwrap()[0].clone();
+    assert!(text.starts_with("one"), "{text:?}");
+    assert!(!text.chars().any(|c| c.is_control() || c == '\u{202e}'), "{text:?}");
+    assert!(text.len() <= MAX_REASON_LEN, "{} bytes", text.len());
     T::stop(rig).await;
 }
