@@ -695,6 +695,11 @@ impl Engine {
             Ok(_) => {
                 self.refresh().await;
                 let fresh: Vec<LogEntry> = entries.into_iter().filter(|e| e.seq > before).collect();
+                // Our forwarded changes came back: the next ones can go (a backlog larger than
+                // one submit moves a page per round trip, not a page per resend timeout).
+                if fresh.iter().any(|e| e.change.origin.device == self.me) {
+                    self.forward(false).await;
+                }
                 self.emit_applied(&fresh);
                 self.send(from, Message::Ack(Ack { applied: self.head }));
             }
@@ -794,11 +799,22 @@ impl Engine {
                 if force && l.resubmit_count() == 0 {
                     changes.clear();
                 }
-                changes.extend(
-                    l.outbox(page)?
+                // The outbox is read from its oldest row: while sent rows wait to come back
+                // from the log, read further until unsent ones show (whole rows, in order).
+                let mut limit = page;
+                loop {
+                    let rows = l.outbox(limit)?;
+                    let complete = rows.len() < limit;
+                    let fresh: Vec<Change> = rows
                         .into_iter()
-                        .filter(|c| c.origin.device != me || c.origin.seq > through),
-                );
+                        .filter(|c| c.origin.device != me || c.origin.seq > through)
+                        .collect();
+                    if !fresh.is_empty() || complete {
+                        changes.extend(fresh);
+                        break;
+                    }
+                    limit = limit.saturating_mul(2);
+                }
                 Ok(changes)
             })
             .await;
@@ -866,33 +882,24 @@ impl Engine {
             return;
         };
         let epoch = Epoch(term.epoch.0);
-        let mut appended = false;
-        for (peer, changes) in std::mem::take(&mut self.submits) {
-            if self.can_sequence() != Some(term) {
-                return;
-            }
-            let origins: Vec<_> = changes.iter().map(|c| c.origin).collect();
-            match self.log.append(epoch, changes).await {
-                Ok(result) => {
-                    appended |= result.iter().any(|a| a.new);
-                    let assigned = origins
-                        .into_iter()
-                        .zip(result)
-                        .map(|(origin, a)| Assigned { origin, seq: a.seq })
-                        .collect();
-                    self.send(peer, Message::SubmitAck(SubmitAck { epoch, assigned }));
+        let submits = std::mem::take(&mut self.submits);
+        // Every submit that waited is appended in ONE transaction (each keeps its order);
+        // if that fails (say one sender reused an origin key), each is tried alone, so one
+        // bad submit never holds back the others.
+        let appended = match submits.len() {
+            0 => false,
+            1 => self.append_submits(epoch, submits).await.unwrap_or(false),
+            _ => match self.append_submits(epoch, submits.clone()).await {
+                Some(new) => new,
+                None => {
+                    let mut any = false;
+                    for submit in submits {
+                        any |= self.append_submits(epoch, vec![submit]).await.unwrap_or(false);
+                    }
+                    any
                 }
-                Err(e) => {
-                    self.fail("sequencing a submit", &e);
-                    let code = if e.is_retryable() {
-                        ErrorCode::INTERNAL
-                    } else {
-                        ErrorCode::PROTOCOL_ERROR
-                    };
-                    self.send(peer, Message::Error(ErrorMessage { code, message: e.to_string() }));
-                }
-            }
-        }
+            },
+        };
         if self.can_sequence() != Some(term) {
             return;
         }
@@ -912,6 +919,46 @@ impl Engine {
         }
         self.refresh().await;
         self.push(term).await;
+    }
+
+    /// Appends the changes of `submits` in one transaction and answers each sender with the
+    /// seqs of its changes. `Some(any new)`, or `None` (and an error to each sender) if the
+    /// append failed.
+    async fn append_submits(
+        &mut self,
+        epoch: Epoch,
+        submits: Vec<(DeviceId, Vec<Change>)>,
+    ) -> Option<bool> {
+        let origins: Vec<(DeviceId, Vec<sync_log::OriginKey>)> = submits
+            .iter()
+            .map(|(peer, changes)| (*peer, changes.iter().map(|c| c.origin).collect()))
+            .collect();
+        let all: Vec<Change> = submits.into_iter().flat_map(|(_, changes)| changes).collect();
+        match self.log.append(epoch, all).await {
+            Ok(result) => {
+                let new = result.iter().any(|a| a.new);
+                let mut result = result.into_iter();
+                for (peer, origins) in origins {
+                    let assigned = origins
+                        .into_iter()
+                        .zip(result.by_ref())
+                        .map(|(origin, a)| Assigned { origin, seq: a.seq })
+                        .collect();
+                    self.send(peer, Message::SubmitAck(SubmitAck { epoch, assigned }));
+                }
+                Some(new)
+            }
+            Err(e) => {
+                self.fail("sequencing submits", &e);
+                let code =
+                    if e.is_retryable() { ErrorCode::INTERNAL } else { ErrorCode::PROTOCOL_ERROR };
+                for (peer, _) in origins {
+                    let message = e.to_string();
+                    self.send(peer, Message::Error(ErrorMessage { code, message }));
+                }
+                None
+            }
+        }
     }
 
     async fn push(&mut self, term: Term) {

@@ -167,3 +167,23 @@ async fn a_follower_restarted_mid_apply_finishes_its_catch_up() {
     c.assert_all_present().await;
     c.shutdown_all().await;
 }
+
+/// A follower whose unsent backlog is far larger than one submit (400 changes, pages of 4)
+/// forwards it page after page as each page comes back from the log, not one page per
+/// resend timeout: it converges well within the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_unsent_backlog_is_forwarded_page_after_page() {
+    let mut config = common::test_config();
+    config.page = 4;
+    config.resend_after = Duration::from_secs(5);
+    let mut c = Cluster::with_config(3, common::seed(16), config).await;
+    c.wait_leader(T).await;
+    c.partition(&[&[0, 2], &[1]]);
+    for k in 0..400 {
+        c.write(1, &format!("backlog {k}")).await;
+    }
+    c.heal();
+    c.wait_converged(Duration::from_secs(20)).await;
+    c.assert_all_present().await;
+    c.shutdown_all().await;
+}
