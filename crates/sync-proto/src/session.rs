@@ -529,7 +529,9 @@ impl fmt::Debug for SessionSender {
 
 impl SessionSender {
     /// Sends one message, waiting while the peer's window is full (about
-    /// [`ProtoConfig::stream_window`] bytes ahead of its reader, on every transport).
+    /// [`ProtoConfig::stream_window`] bytes ahead of its reader, on every transport). Not
+    /// cancel-safe: a send dropped midway may leave half a frame, and the peer then closes
+    /// the session.
     ///
     /// Refused locally, with the session still usable: a message too large for this side's
     /// maximum frame ([`FrameError::Oversize`](crate::FrameError::Oversize)) and a
@@ -699,11 +701,16 @@ impl SessionReceiver {
         self.core.probe.store(nonce, Ordering::Relaxed);
         self.last_rx = Instant::now();
         let probe = Message::Ping(Ping { nonce, payload: bytes::Bytes::new() });
-        // A send stuck behind a full window must not stall the receiver: the probe is skipped
-        // then, and the next deadline closes the session.
+        // Sent from its own task: a `recv` cancelled meanwhile must not cut a frame in half,
+        // and a send stuck behind a full window must not stall the receiver (the probe is then
+        // dropped, and the next deadline closes the session).
         let core = Arc::clone(&self.core);
-        if let Ok(sent) = tokio::time::timeout(after, send_on(&core, &probe)).await {
-            sent?;
+        let send = async move {
+            let _ = tokio::time::timeout(after, send_on(&core, &probe)).await;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(send)),
+            Err(_) => send.await,
         }
         Ok(())
     }
@@ -735,8 +742,9 @@ pub trait SessionHandler: Send + Sync + 'static {
     /// [`ErrorCode::FOREIGN_LIBRARY`]).
     fn local_state(&self, library: &LibraryId) -> Option<LocalState>;
 
-    /// Runs an accepted session to its end. Runs on the connection's own task; when it
-    /// returns, the session (if still held) closes gracefully: what was sent still arrives.
+    /// Runs an accepted session to its end. Runs on the connection's own task. The
+    /// connection lives as long as the session (or one of its halves, if `serve` handed them
+    /// to other tasks); dropping it closes gracefully: what was sent still arrives.
     fn serve(&self, session: Session) -> impl Future<Output = ()> + Send;
 
     /// Told about every refused or failed incoming handshake. Default: a log line (the error's

@@ -290,6 +290,9 @@ suite! {
     idle_sessions_are_probed_then_closed;
     /// The text of a peer's Error message reaches the service sanitised and capped.
     peer_error_text_is_sanitised;
+    /// `recv` is cancel-safe: cancelled again and again midway through large frames, it
+    /// still yields every message whole and in order.
+    recv_is_cancel_safe;
 }
 
 fn pings(n: u64) -> impl Iterator<Item = Message> {
@@ -570,5 +573,42 @@ async fn peer_error_text_is_sanitised<T: Transport>() {
     assert!(text.starts_with("one"), "{text:?}");
     assert!(!text.chars().any(|c| c.is_control() || c == '\u{202e}'), "{text:?}");
     assert!(text.len() <= MAX_REASON_LEN, "{} bytes", text.len());
+    T::stop(rig).await;
+}
+
+async fn recv_is_cancel_safe<T: Transport>() {
+    let rig = T::start(
+        ProtoConfig::default(),
+        ProtoConfig::default(),
+        script(|mut session, _| async move {
+            for n in 0..20u64 {
+                let payload = Bytes::from(vec![n as u8; 300 * 1024]);
+                session.send(&Message::Ping(Ping { nonce: n, payload })).await.unwrap();
+            }
+            session.close_gracefully(ErrorCode::NORMAL, "").await;
+        }),
+    )
+    .await;
+    let mut session = rig.connect().await;
+    let mut got = Vec::new();
+    let mut cancelled = 0u32;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "only {} messages", got.len());
+        tokio::select! {
+            msg = session.recv() => match msg.unwrap() {
+                Some(Message::Ping(p)) => {
+                    assert!(p.payload.len() == 300 * 1024 && p.payload.iter().all(|b| *b == p.nonce as u8));
+                    got.push(p.nonce);
+                }
+                Some(other) => panic!("unexpected {other:?}"),
+                None => break,
+            },
+            // Cancels the pending `recv` (a canceller, not a wait for state).
+            () = tokio::time::sleep(Duration::from_micros(200)) => cancelled += 1,
+        }
+    }
+    println!("{cancelled} cancelled reads");
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
     T::stop(rig).await;
 }
