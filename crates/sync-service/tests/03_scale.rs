@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::Cluster;
 use sync_proto::Faults;
+use sync_service::SyncState;
 
 /// Resident memory of this process, from /proc (0 where unavailable).
 fn rss_bytes() -> u64 {
@@ -52,11 +53,13 @@ async fn a_follower_100_000_entries_behind_catches_up_in_pages() {
 /// A follower that stops reading (a stopped process: nothing it sends or is sent gets
 /// through) does not grow the leader's memory without bound: the leader's queue for it is
 /// bounded (`peer_queue` messages), beyond it the leader only owes a `PushNotice`, the other
-/// follower keeps up at full speed, and once the stalled one is back it fetches and
-/// converges. Prints the leader process's memory growth.
+/// follower keeps up at full speed, the leader's status says the stalled one is stuck, and
+/// once it is back it fetches and converges. Prints the leader process's memory growth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_follower_keeps_the_leader_memory_bounded() {
-    let mut c = Cluster::new(3, common::seed(22)).await;
+    let mut config = common::test_config();
+    config.stuck_after = Duration::from_secs(1);
+    let mut c = Cluster::with_config(3, common::seed(22), config).await;
     c.wait_leader(Duration::from_secs(20)).await;
     let stall = Faults { delay: Duration::from_secs(3_600), ..Faults::NONE };
     c.set_faults(0, 2, stall);
@@ -79,6 +82,17 @@ async fn a_stalled_follower_keeps_the_leader_memory_bounded() {
         let f = c.svc(1).status();
         f.applied_seq == l.log_head.seq && l.outbox_len == 0
     })
+    .await;
+    // The leader tells "stuck" (connected, behind, not advancing) from "in sync".
+    c.wait_for(
+        "the leader to call the stalled follower stuck",
+        Duration::from_secs(30),
+        || async {
+            let s = c.svc(0).status();
+            s.peers.iter().any(|p| p.device == c.devices[2].id && p.connected && p.stuck)
+                && matches!(s.state, SyncState::Stuck { .. })
+        },
+    )
     .await;
     let grown = peak.saturating_sub(before);
     eprintln!(
