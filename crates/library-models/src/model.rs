@@ -741,10 +741,18 @@ macro_rules! model {
     };
 
     // ---- the struct ----
-    (@struct $merge:ident, [$(#[$doc:meta])*], $vis:vis, $name:ident, $table:ident, [ $( [$(#[$fdoc:meta])*] $field:ident : $ty:ty ),* ]) => {
-        $crate::model!(@struct_inner $merge, [$(#[$doc])*], $vis, $name, $table, [ $( [$(#[$fdoc])*] $field : $ty ),* ]);
+    (@struct per_record, [$(#[$doc:meta])*], $vis:vis, $name:ident, $table:ident, [ $( [$(#[$fdoc:meta])*] $field:ident : $ty:ty ),* ]) => {
+        $crate::model!(@struct_inner [$(#[$doc])*], $vis, $name, $table, [ $( [$(#[$fdoc])*] $field : $ty ),* ], [], []);
     };
-    (@struct_inner per_record, [$(#[$doc:meta])*], $vis:vis, $name:ident, $table:ident, [ $( [$(#[$fdoc:meta])*] $field:ident : $ty:ty ),* ]) => {
+    (@struct per_field, [$(#[$doc:meta])*], $vis:vis, $name:ident, $table:ident, [ $( [$(#[$fdoc:meta])*] $field:ident : $ty:ty ),* ]) => {
+        $crate::model!(@struct_inner [$(#[$doc])*], $vis, $name, $table, [ $( [$(#[$fdoc])*] $field : $ty ),* ],
+            [
+                /// Each field's stamp, then the tombstone's (set by the write path).
+                pub field_stamps: $crate::FieldStamps,
+            ],
+            [ field_stamps: $crate::FieldStamps::default(), ]);
+    };
+    (@struct_inner [$(#[$doc:meta])*], $vis:vis, $name:ident, $table:ident, [ $( [$(#[$fdoc:meta])*] $field:ident : $ty:ty ),* ], [ $($extra:tt)* ], [ $($extra_init:tt)* ]) => {
         $(#[$doc])*
         #[derive(
             Clone, Debug, PartialEq, diesel::Queryable, diesel::Selectable, diesel::Insertable,
@@ -756,14 +764,16 @@ macro_rules! model {
             /// Record id (UUIDv7 for new records).
             pub uuid: $crate::Id,
             $( $(#[$fdoc])* pub $field: $ty, )*
-            /// Per-record edit counter (set by the write path).
+            /// The record's edit counter (for a per-field record: the largest version any
+            /// change carried). Set by the write path.
             pub version: i64,
-            /// Packed HLC of the last write (set by the write path).
+            /// Packed HLC of the latest write (set by the write path).
             pub hlc: i64,
-            /// Device of the last write (set by the write path).
+            /// Device of that write (set by the write path).
             pub device_id: $crate::Id,
             /// Whether the record is deleted (a tombstone keeps its stamp).
             pub tombstone: bool,
+            $($extra)*
         }
 
         impl $name {
@@ -776,46 +786,7 @@ macro_rules! model {
                     hlc: 0,
                     device_id: $crate::Id(Default::default()),
                     tombstone: false,
-                }
-            }
-        }
-    };
-    (@struct_inner per_field, [$(#[$doc:meta])*], $vis:vis, $name:ident, $table:ident, [ $( [$(#[$fdoc:meta])*] $field:ident : $ty:ty ),* ]) => {
-        $(#[$doc])*
-        #[derive(
-            Clone, Debug, PartialEq, diesel::Queryable, diesel::Selectable, diesel::Insertable,
-            serde::Serialize, serde::Deserialize,
-        )]
-        #[diesel(table_name = $table)]
-        #[diesel(check_for_backend(diesel::sqlite::Sqlite))]
-        $vis struct $name {
-            /// Record id (UUIDv7 for new records).
-            pub uuid: $crate::Id,
-            $( $(#[$fdoc])* pub $field: $ty, )*
-            /// Per-record edit counter: the largest version any change carried (set by the
-            /// write path).
-            pub version: i64,
-            /// Packed HLC of the latest change of any field (set by the write path).
-            pub hlc: i64,
-            /// Device of that change (set by the write path).
-            pub device_id: $crate::Id,
-            /// Whether the record is deleted (the tombstone is a field with its own stamp).
-            pub tombstone: bool,
-            /// Each field's stamp, then the tombstone's (set by the write path).
-            pub field_stamps: $crate::FieldStamps,
-        }
-
-        impl $name {
-            #[doc(hidden)]
-            pub fn __empty(uuid: $crate::Id) -> Self {
-                Self {
-                    uuid,
-                    $( $field: Default::default(), )*
-                    version: 0,
-                    hlc: 0,
-                    device_id: $crate::Id(Default::default()),
-                    tombstone: false,
-                    field_stamps: $crate::FieldStamps::default(),
+                    $($extra_init)*
                 }
             }
         }

@@ -210,7 +210,7 @@ fn a_library_database_refuses_another_librarys_log() {
 /// device to re-key — every later `sequence` succeeds.
 #[test]
 fn a_resubmission_under_a_taken_key_does_not_wedge_the_leader() {
-    use sync_log::{Checksum, LogEntry, OriginKey};
+    use sync_log::OriginKey;
     let (e, f) = (DeviceId::new_v7(), DeviceId::new_v7());
     let change = |device: DeviceId, seq: u64, name: &str| {
         let (mut lib, _) = common::memory_library(device, 1_000 + seq);
@@ -218,19 +218,7 @@ fn a_resubmission_under_a_taken_key_does_not_wedge_the_leader() {
         c.origin = OriginKey { device, seq };
         c
     };
-    let chain = |changes: &[Change], epoch: u64| -> Vec<LogEntry> {
-        let mut prev = Checksum::GENESIS;
-        changes
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let seq = Seq(i as u64 + 1);
-                let checksum = LogEntry::chain(&prev, seq, Epoch(epoch), c);
-                prev = checksum;
-                LogEntry { seq, epoch: Epoch(epoch), change: c.clone(), checksum }
-            })
-            .collect()
-    };
+    let chain = |changes: &[Change], epoch: u64| common::sequence_at(changes, Epoch(epoch));
     let (y, z, w) = (change(e, 1, "y"), change(DEVICE, 1, "z"), change(f, 1, "w"));
     let (x, z_other) = (change(e, 1, "x"), change(DEVICE, 1, "z'"));
 

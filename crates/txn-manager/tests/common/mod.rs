@@ -21,15 +21,20 @@ pub fn memory_library(device: sync_log::DeviceId, millis: u64) -> (Library, Arc<
 
 /// Sequences `changes` as a leader would: seqs from 1, chained checksums, epoch 1.
 pub fn sequence(changes: &[Change]) -> Vec<LogEntry> {
+    sequence_at(changes, Epoch(1))
+}
+
+/// Sequences `changes` at `epoch`: seqs from 1, chained checksums.
+pub fn sequence_at(changes: &[Change], epoch: Epoch) -> Vec<LogEntry> {
     let mut prev = Checksum::GENESIS;
     changes
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let seq = Seq(i as u64 + 1);
-            let checksum = LogEntry::chain(&prev, seq, Epoch(1), c);
+            let checksum = LogEntry::chain(&prev, seq, epoch, c);
             prev = checksum;
-            LogEntry { seq, epoch: Epoch(1), change: c.clone(), checksum }
+            LogEntry { seq, epoch, change: c.clone(), checksum }
         })
         .collect()
 }
