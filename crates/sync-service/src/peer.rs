@@ -257,7 +257,7 @@ struct Attached {
 /// The [`SessionHandler`] of a host: routes each incoming session to the engine of the
 /// library it asks for. Register one with the transport (iroh's router through
 /// [`SyncProtocol`](sync_proto::SyncProtocol), or
-/// [`MemoryNetwork::add_node`](sync_proto::MemoryNetwork::add_node)) and hand a clone to every
+/// `sync_proto::MemoryNetwork::add_node`) and hand a clone to every
 /// [`SyncService`](crate::SyncService) the host starts. Cloning shares it.
 #[derive(Clone, Default)]
 pub struct Acceptor {

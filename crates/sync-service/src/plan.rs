@@ -1,6 +1,6 @@
 //! Pure decisions, no I/O: who dials, how long to wait before redialling, what to do with a
 //! batch of entries, and the search for the last common seq after a divergence. The async
-//! loops in [`crate::engine`] and [`crate::peer`] only carry out what these say.
+//! loops in `engine` and `peer` only carry out what these say.
 
 use std::time::Duration;
 
