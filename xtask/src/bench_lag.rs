@@ -101,6 +101,13 @@ async fn measure(cluster: &Cluster) -> anyhow::Result<()> {
     let slowest =
         || cluster.svc(1).status().applied_seq.0.min(cluster.svc(2).status().applied_seq.0);
     let base = slowest();
+    for i in 0..3 {
+        let st = cluster.svc(i).status();
+        eprintln!(
+            "before sustained: device {i} {:?} applied {} head {} outbox {} state {:?}",
+            st.role, st.applied_seq, st.log_head.seq, st.outbox_len, st.state
+        );
+    }
     let start = Instant::now();
     let mut batches = 0u64;
     while start.elapsed() < Duration::from_secs(SECONDS) {
@@ -113,6 +120,7 @@ async fn measure(cluster: &Cluster) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
     }
+    eprintln!("sustained: {batches} batches committed in {:?}", start.elapsed());
     let target = base + batches * BATCH as u64;
     cluster
         .wait(Duration::from_secs(120), || slowest() >= target)

@@ -71,6 +71,11 @@ struct Forwarded {
     /// Our own origin seqs up to here were sent to that term's leader.
     through: u64,
     at: Option<Instant>,
+    /// A submit is unanswered: new local commits wait for its `SubmitAck` (one submit in
+    /// flight, so reading the outbox past what was sent stays cheap).
+    awaiting_ack: bool,
+    /// A local commit arrived while a submit was unanswered.
+    pending: bool,
 }
 
 /// Everything the engine needs at start.
@@ -381,6 +386,10 @@ impl Engine {
             Control::Kick => {
                 if self.can_sequence().is_some() {
                     self.sequence_due = true;
+                } else if self.forwarded.awaiting_ack
+                    && self.forwarded.at.is_some_and(|at| at.elapsed() < self.cfg.resend_after)
+                {
+                    self.forwarded.pending = true;
                 } else {
                     self.forward(false).await;
                 }
@@ -575,7 +584,14 @@ impl Engine {
                     );
                 }
             }
-            Message::SubmitAck(_) => {}
+            Message::SubmitAck(_) => {
+                if self.leader() == Some(peer) {
+                    self.forwarded.awaiting_ack = false;
+                    if std::mem::take(&mut self.forwarded.pending) {
+                        self.forward(false).await;
+                    }
+                }
+            }
             Message::SnapshotRequired(sr) => {
                 if self.leader() == Some(peer) {
                     warn!(library = %self.library, through = %sr.compacted_through, "snapshot required");
@@ -698,7 +714,11 @@ impl Engine {
                 // Our forwarded changes came back: the next ones can go (a backlog larger than
                 // one submit moves a page per round trip, not a page per resend timeout).
                 if fresh.iter().any(|e| e.change.origin.device == self.me) {
-                    self.forward(false).await;
+                    if self.forwarded.awaiting_ack {
+                        self.forwarded.pending = true;
+                    } else {
+                        self.forward(false).await;
+                    }
                 }
                 self.emit_applied(&fresh);
                 self.send(from, Message::Ack(Ack { applied: self.head }));
@@ -833,6 +853,8 @@ impl Engine {
             self.forwarded.term = term;
             self.forwarded.through = last_own.unwrap_or(through).max(through);
             self.forwarded.at = Some(Instant::now());
+            self.forwarded.awaiting_ack = true;
+            self.forwarded.pending = false;
         }
     }
 
