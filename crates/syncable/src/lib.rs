@@ -164,8 +164,10 @@ pub enum Applied {
 ///
 /// The implementation owns the model's table: [`Syncable::apply`] runs inside the caller's
 /// transaction and must be a deterministic merge — compare the change's stamp with the stored
-/// one and keep the larger (`(version, hlc, device)`), treating deletes as tombstones that keep
-/// their stamp — so that any order of the same changes, with duplicates, gives the same rows.
+/// one and keep the larger (`(hlc, device, version)`: recency first, [`sync_log::Stamp`]),
+/// per record or per field, treating deletes as tombstones that keep their stamp — so that any
+/// order of the same changes, with duplicates, gives the same rows. Models of a library
+/// database are best defined with `library_models::model!`, which generates all of this.
 pub trait Syncable: Sized + 'static {
     /// The model's unique name on the wire and in the log (e.g. `"tag"`). Never rename it.
     const MODEL: &'static str;
