@@ -9,11 +9,11 @@
 //! ```
 //! use std::sync::Arc;
 //! use leadership::driver::{self, DriverParams, FirstStart};
-//! use leadership::{Change, Config, DeviceId, MemoryStore, Message, RoleKind};
+//! use leadership::{RoleChange, Config, MemberId, MemoryStore, Message, RoleKind};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> leadership::Result<()> {
-//! let me = DeviceId::from_u128(1);
+//! let me = MemberId::from_u128(1);
 //! let params = DriverParams {
 //!     config: Config::default(),
 //!     me,
@@ -21,8 +21,8 @@
 //!     first_start: FirstStart::Create,
 //!     position: Default::default(),
 //! };
-//! let transport = |to: DeviceId, message: Message| { /* hand to the network */ };
-//! let observer = |change: &Change| { /* start or stop sequencing, re-route the outbox */ };
+//! let transport = |to: MemberId, message: Message| { /* hand to the network */ };
+//! let observer = |change: &RoleChange| { /* start or stop sequencing, re-route the outbox */ };
 //! let (handle, task) =
 //!     driver::spawn(params, Arc::new(MemoryStore::new()), transport, observer).await?;
 //! let mut status = handle.watch();
@@ -46,9 +46,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fence::Fence;
 use crate::machine::{Leadership, Status};
-use crate::protocol::{Action, Change, Input, Message, Start};
+use crate::protocol::{Action, Input, Message, RoleChange, Start};
 use crate::store::LeadershipStore;
-use crate::types::{DeviceId, Position, Term, Time};
+use crate::types::{LogPosition, MemberId, Term, Time};
 
 /// How many incoming messages may wait for the driver; more are dropped (peers resend:
 /// heartbeats are periodic and claims are repeated by the next election).
@@ -56,28 +56,28 @@ pub const INBOX_CAPACITY: usize = 256;
 
 /// Sends machine messages to peers. Must not block; delivery is best effort.
 ///
-/// Any `FnMut(DeviceId, Message)` closure is a transport.
+/// Any `FnMut(MemberId, Message)` closure is a transport.
 pub trait Transport: Send + 'static {
     /// Queues `message` for the peer `to`.
-    fn send(&mut self, to: DeviceId, message: Message);
+    fn send(&mut self, to: MemberId, message: Message);
 }
 
-impl<F: FnMut(DeviceId, Message) + Send + 'static> Transport for F {
-    fn send(&mut self, to: DeviceId, message: Message) {
+impl<F: FnMut(MemberId, Message) + Send + 'static> Transport for F {
+    fn send(&mut self, to: MemberId, message: Message) {
         self(to, message);
     }
 }
 
 /// Told of every role change, in order. Must not block.
 ///
-/// Any `FnMut(&Change)` closure is an observer (e.g. one that forwards to a channel).
+/// Any `FnMut(&RoleChange)` closure is an observer (e.g. one that forwards to a channel).
 pub trait Observer: Send + 'static {
     /// This device's role changed.
-    fn on_change(&mut self, change: &Change);
+    fn on_change(&mut self, change: &RoleChange);
 }
 
-impl<F: FnMut(&Change) + Send + 'static> Observer for F {
-    fn on_change(&mut self, change: &Change) {
+impl<F: FnMut(&RoleChange) + Send + 'static> Observer for F {
+    fn on_change(&mut self, change: &RoleChange) {
         self(change);
     }
 }
@@ -97,17 +97,17 @@ pub struct DriverParams {
     /// Timing.
     pub config: Config,
     /// This device.
-    pub me: DeviceId,
+    pub me: MemberId,
     /// The library's members at start.
-    pub members: BTreeSet<DeviceId>,
+    pub members: BTreeSet<MemberId>,
     /// Used only when the store holds no record; otherwise the machine resumes from it.
     pub first_start: FirstStart,
     /// This device's log position at start (later changes: [`DriverHandle::set_position`]).
-    pub position: Position,
+    pub position: LogPosition,
 }
 
 enum Command {
-    Deliver { from: DeviceId, message: Message },
+    Deliver { from: MemberId, message: Message },
     Observe(Term),
     Shutdown,
 }
@@ -117,8 +117,8 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct DriverHandle {
     inbox: mpsc::Sender<Command>,
-    position: watch::Sender<Position>,
-    members: watch::Sender<BTreeSet<DeviceId>>,
+    position: watch::Sender<LogPosition>,
+    members: watch::Sender<BTreeSet<MemberId>>,
     status: watch::Receiver<Status>,
 }
 
@@ -135,7 +135,7 @@ impl std::fmt::Debug for Command {
 impl DriverHandle {
     /// Hands a message from the authenticated peer `from` to the machine. Never waits: when
     /// the inbox is full the message is dropped.
-    pub fn deliver(&self, from: DeviceId, message: Message) -> Result<()> {
+    pub fn deliver(&self, from: MemberId, message: Message) -> Result<()> {
         self.try_command(Command::Deliver { from, message })
     }
 
@@ -145,12 +145,12 @@ impl DriverHandle {
     }
 
     /// Reports this device's new log position (only the latest value matters).
-    pub fn set_position(&self, position: Position) -> Result<()> {
+    pub fn set_position(&self, position: LogPosition) -> Result<()> {
         self.position.send(position).map_err(|_| Error::DriverStopped)
     }
 
     /// Reports the library's new member list.
-    pub fn set_members(&self, members: BTreeSet<DeviceId>) -> Result<()> {
+    pub fn set_members(&self, members: BTreeSet<MemberId>) -> Result<()> {
         self.members.send(members).map_err(|_| Error::DriverStopped)
     }
 
@@ -213,7 +213,7 @@ pub async fn spawn(
         start,
         Time::ZERO,
     );
-    actions.extend(machine.handle(Time::ZERO, Input::Position(params.position)));
+    actions.extend(machine.handle(Time::ZERO, Input::LogPosition(params.position)));
     let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
     let (position_tx, position) = watch::channel(params.position);
     let (members_tx, members) = watch::channel(params.members);
@@ -242,8 +242,8 @@ struct Runner<T, O> {
     observer: O,
     origin: Instant,
     inbox: mpsc::Receiver<Command>,
-    position: watch::Receiver<Position>,
-    members: watch::Receiver<BTreeSet<DeviceId>>,
+    position: watch::Receiver<LogPosition>,
+    members: watch::Receiver<BTreeSet<MemberId>>,
     status: watch::Sender<Status>,
 }
 
@@ -274,7 +274,7 @@ impl<T: Transport, O: Observer> Runner<T, O> {
                     Input::Membership(self.members.borrow_and_update().clone())
                 }
                 Ok(()) = self.position.changed() => {
-                    Input::Position(*self.position.borrow_and_update())
+                    Input::LogPosition(*self.position.borrow_and_update())
                 }
                 () = sleep => Input::Tick,
             };
@@ -318,7 +318,7 @@ impl<T: Transport, O: Observer> Runner<T, O> {
                     trace!(device = %self.machine.me(), %to, ?message, "send");
                     self.transport.send(to, message);
                 }
-                Action::Change(change) => self.observer.on_change(&change),
+                Action::RoleChange(change) => self.observer.on_change(&change),
             }
         }
     }

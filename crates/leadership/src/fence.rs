@@ -1,6 +1,6 @@
 //! Fencing: accept or refuse a message by the term it carries.
 
-use crate::types::{DeviceId, Epoch, Term};
+use crate::types::{Epoch, MemberId, Term};
 
 /// A snapshot of what one device knows about leadership, used to fence messages.
 ///
@@ -19,9 +19,9 @@ use crate::types::{DeviceId, Epoch, Term};
 ///   unsequenced.
 ///
 /// ```
-/// use leadership::{DeviceId, Epoch, Fence, Term, Verdict};
+/// use leadership::{MemberId, Epoch, Fence, Term, Verdict};
 ///
-/// let (a, b) = (DeviceId::from_u128(1), DeviceId::from_u128(2));
+/// let (a, b) = (MemberId::from_u128(1), MemberId::from_u128(2));
 /// let fence = Fence::new(a, Epoch(3), Some(Term::new(Epoch(3), b)));
 /// assert_eq!(fence.check(Term::new(Epoch(3), b)), Verdict::Accept);
 /// assert!(matches!(fence.check(Term::new(Epoch(2), b)), Verdict::RefuseStale { .. }));
@@ -31,7 +31,7 @@ use crate::types::{DeviceId, Epoch, Term};
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fence {
-    me: DeviceId,
+    me: MemberId,
     highest_epoch: Epoch,
     current: Option<Term>,
     paused: bool,
@@ -66,7 +66,7 @@ pub enum Verdict {
 impl Fence {
     /// A fence for device `me` that has seen `highest_epoch` and currently follows or leads
     /// `current` (whose epoch, when present, is `highest_epoch`).
-    pub const fn new(me: DeviceId, highest_epoch: Epoch, current: Option<Term>) -> Self {
+    pub const fn new(me: MemberId, highest_epoch: Epoch, current: Option<Term>) -> Self {
         Self { me, highest_epoch, current, paused: false }
     }
 
@@ -129,11 +129,11 @@ impl Fence {
 mod tests {
     use super::*;
 
-    const A: DeviceId = DeviceId::from_u128(1);
-    const B: DeviceId = DeviceId::from_u128(2);
-    const C: DeviceId = DeviceId::from_u128(3);
+    const A: MemberId = MemberId::from_u128(1);
+    const B: MemberId = MemberId::from_u128(2);
+    const C: MemberId = MemberId::from_u128(3);
 
-    fn t(epoch: u64, leader: DeviceId) -> Term {
+    fn t(epoch: u64, leader: MemberId) -> Term {
         Term::new(Epoch(epoch), leader)
     }
 

@@ -13,7 +13,7 @@
 //!
 //! * [`Leadership`] is a pure state machine: [`Input`]s (ticks, heartbeats and claims heard from
 //!   peers, save acknowledgements, position, membership) in, [`Action`]s (persist, send, role
-//!   [`Change`]s) out. Same inputs at the same times, same actions.
+//!   [`RoleChange`]s) out. Same inputs at the same times, same actions.
 //! * [`driver::spawn`] runs one machine on tokio through three seams: [`LeadershipStore`],
 //!   [`Transport`], [`Observer`]. It publishes a [`Status`] with a [`Fence`] after every step.
 //! * [`Fence`] tells the service which pushes to accept and whether it may sequence.
@@ -31,7 +31,7 @@
 //!    one within `R = min(2H, L - H)`, see rule 9) stands for `max_epoch + 1` (the highest
 //!    epoch it has seen, plus one). A member that hears a claim for an epoch above its own
 //!    joins that election: it stands too if its own rank is better, and defers otherwise.
-//!    Rank = most caught-up [`Position`] first, then the highest [`DeviceId`]. A candidate that
+//!    Rank = most caught-up [`LogPosition`] first, then the highest [`MemberId`]. A candidate that
 //!    hears a better claim for its epoch defers; one that hears no better claim for `W` after
 //!    sending its claim leads. A deferring device waits one lease for the winner's heartbeat,
 //!    then elects again (at a new epoch).
@@ -41,7 +41,7 @@
 //!    *peer* is ahead is saved too, but following needs no acknowledgement: stepping back is
 //!    always safe.
 //! 5. **Higher epoch wins at once.** A device that hears a heartbeat or claim with a higher
-//!    epoch steps down at once (a leader emits [`Change::StepDown`] before anything else).
+//!    epoch steps down at once (a leader emits [`RoleChange::StepDown`] before anything else).
 //! 6. **Same epoch: higher device id.** Two leaders of one epoch (only possible across a
 //!    partition) resolve to the higher device id as soon as one heartbeat crosses; a leader that
 //!    hears a lower term answers it with an immediate heartbeat. A candidate that hears a leader
@@ -57,9 +57,9 @@
 //!      claim: alone, it could only start a second history. The next member it hears gives it
 //!      a fresh lease, so a returning device never deposes a healthy leader.
 //!    * A leader that heard no other member for `I = L - H` ([`Config::isolation`]) **pauses**
-//!      ([`Change::Pause`]): it keeps its term and heartbeats, but sequences nothing
+//!      ([`RoleChange::Pause`]): it keeps its term and heartbeats, but sequences nothing
 //!      ([`Fence::can_sequence`] is `None`; its writes wait in its outbox). `I < L`, so it has
-//!      paused before the others' leases lapse. It **resumes** ([`Change::Resume`]) when it hears
+//!      paused before the others' leases lapse. It **resumes** ([`RoleChange::Resume`]) when it hears
 //!      a member that does not follow a higher term; a member that does deposes it instead.
 //!    * A library with **one member** is led by it (no lease to wait for, never paused).
 //!
@@ -91,9 +91,9 @@
 //! ## Example
 //!
 //! ```
-//! use leadership::{Action, Config, DeviceId, Epoch, Input, Leadership, Message, Start, Term, Time};
+//! use leadership::{Action, Config, MemberId, Epoch, Input, Leadership, Message, Start, Term, Time};
 //!
-//! let (a, b, c) = (DeviceId::from_u128(1), DeviceId::from_u128(2), DeviceId::from_u128(3));
+//! let (a, b, c) = (MemberId::from_u128(1), MemberId::from_u128(2), MemberId::from_u128(3));
 //! let (mut follower, _) =
 //!     Leadership::start(Config::default(), b, [a, b, c], Start::Join, Time::ZERO);
 //! let heartbeat = Message::Heartbeat { term: Term::new(Epoch(1), a), position: Default::default() };
@@ -123,6 +123,6 @@ pub use driver::{DriverHandle, DriverParams, FirstStart, Observer, Transport};
 pub use error::{Error, Result};
 pub use fence::{Fence, Verdict};
 pub use machine::{Leadership, RoleKind, Status};
-pub use protocol::{Action, Change, Input, Message, Start, StepDown, StepDownReason};
+pub use protocol::{Action, Input, Message, RoleChange, Start, StepDown, StepDownReason};
 pub use store::{LeadershipStore, MemoryStore, PersistedLeadership, store_suite};
-pub use types::{DeviceId, Epoch, Position, Term, Time};
+pub use types::{Epoch, LogPosition, MemberId, Term, Time};

@@ -6,9 +6,9 @@ use tracing::{debug, info, trace, warn};
 
 use crate::config::Config;
 use crate::fence::Fence;
-use crate::protocol::{Action, Change, Input, Message, Start, StepDown, StepDownReason};
+use crate::protocol::{Action, Input, Message, RoleChange, Start, StepDown, StepDownReason};
 use crate::store::PersistedLeadership;
-use crate::types::{DeviceId, Epoch, Position, Term, Time};
+use crate::types::{Epoch, LogPosition, MemberId, Term, Time};
 
 /// The role a device plays right now, for status displays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,7 +27,7 @@ pub enum RoleKind {
 #[non_exhaustive]
 pub struct Status {
     /// This device.
-    pub me: DeviceId,
+    pub me: MemberId,
     /// Its role.
     pub role: RoleKind,
     /// The term it leads or follows now (`None` while it waits for or runs an election).
@@ -37,7 +37,7 @@ pub struct Status {
     /// The highest epoch known to be saved durably.
     pub durable_epoch: Epoch,
     /// Its log position.
-    pub position: Position,
+    pub position: LogPosition,
     /// Whether it is a member of the library (non-members never claim or lead).
     pub member: bool,
     /// Whether it leads but is paused: it heard no other member for
@@ -62,8 +62,8 @@ impl Status {
 /// Election preference: most caught-up first, then the highest device id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Rank {
-    position: Position,
-    device: DeviceId,
+    position: LogPosition,
+    device: MemberId,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +78,7 @@ enum Stage {
 enum Role {
     /// `leader` (always of `max_epoch`) is followed; `awaiting` is the better candidate
     /// deferred to, if any.
-    Follower { leader: Option<Term>, awaiting: Option<DeviceId>, lease_until: Time },
+    Follower { leader: Option<Term>, awaiting: Option<MemberId>, lease_until: Time },
     /// Always for `max_epoch`.
     Candidate { epoch: Epoch, stage: Stage },
     /// Always of `max_epoch`; `epoch` was saved before the role was taken. `paused`: no
@@ -96,9 +96,9 @@ enum Role {
 ///
 /// ```
 /// use std::time::Duration;
-/// use leadership::{Action, Change, Config, DeviceId, Epoch, Input, Leadership, Start, Time};
+/// use leadership::{Action, RoleChange, Config, MemberId, Epoch, Input, Leadership, Start, Time};
 ///
-/// let me = DeviceId::from_u128(1);
+/// let me = MemberId::from_u128(1);
 /// let (mut machine, actions) =
 ///     Leadership::start(Config::default(), me, [me], Start::Create, Time::ZERO);
 /// // Epoch 1 must be saved before the creator leads it.
@@ -108,15 +108,15 @@ enum Role {
 ///
 /// let now = Time::ZERO + Duration::from_millis(3);
 /// let actions = machine.handle(now, Input::Persisted(record.clone()));
-/// assert!(actions.iter().any(|a| matches!(a, Action::Change(Change::BecomeLeader { .. }))));
+/// assert!(actions.iter().any(|a| matches!(a, Action::RoleChange(RoleChange::BecomeLeader { .. }))));
 /// assert_eq!(machine.status().can_sequence().map(|t| t.epoch), Some(Epoch(1)));
 /// ```
 #[derive(Clone, Debug)]
 pub struct Leadership {
     config: Config,
-    me: DeviceId,
-    members: BTreeSet<DeviceId>,
-    position: Position,
+    me: MemberId,
+    members: BTreeSet<MemberId>,
+    position: LogPosition,
     max_epoch: Epoch,
     durable_epoch: Epoch,
     last_leader: Option<Term>,
@@ -128,7 +128,7 @@ pub struct Leadership {
     retry_save: bool,
     role: Role,
     /// When each other member was last heard from (any message from it).
-    heard: BTreeMap<DeviceId, Time>,
+    heard: BTreeMap<MemberId, Time>,
     /// A leader's silence is counted from here at the earliest (taking the lead, a change of
     /// membership): a grace of one isolation time.
     quiet_base: Time,
@@ -146,8 +146,8 @@ impl Leadership {
     /// added to `members` if missing (the creator is a member by definition).
     pub fn start(
         config: Config,
-        me: DeviceId,
-        members: impl IntoIterator<Item = DeviceId>,
+        me: MemberId,
+        members: impl IntoIterator<Item = MemberId>,
         start: Start,
         now: Time,
     ) -> (Self, Vec<Action>) {
@@ -155,7 +155,7 @@ impl Leadership {
             config,
             me,
             members: members.into_iter().collect(),
-            position: Position::default(),
+            position: LogPosition::default(),
             max_epoch: Epoch::ZERO,
             durable_epoch: Epoch::ZERO,
             last_leader: None,
@@ -203,7 +203,7 @@ impl Leadership {
     /// Applies one input at time `now`, fires the timers due at `now`, and returns the actions
     /// to execute, in order.
     ///
-    /// Order within one batch: a [`Change::StepDown`] comes first (stop sequencing before
+    /// Order within one batch: a [`RoleChange::StepDown`] comes first (stop sequencing before
     /// anything else), then at most one [`Action::Persist`], then messages and other changes.
     pub fn handle(&mut self, now: Time, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
@@ -216,7 +216,7 @@ impl Leadership {
                 }
             }
             Input::Persisted(record) => self.on_persisted(now, &record, &mut out),
-            Input::Position(position) => self.position = position,
+            Input::LogPosition(position) => self.position = position,
             Input::Membership(members) => self.on_membership(now, members, &mut out),
         }
         self.on_timers(now, &mut out);
@@ -277,7 +277,7 @@ impl Leadership {
     }
 
     /// This device.
-    pub fn me(&self) -> DeviceId {
+    pub fn me(&self) -> MemberId {
         self.me
     }
 
@@ -356,8 +356,10 @@ impl Leadership {
                 self.unsaved_since = Some(now);
             }
             self.emitted = record.clone();
-            let at =
-                out.iter().take_while(|a| matches!(a, Action::Change(Change::StepDown(_)))).count();
+            let at = out
+                .iter()
+                .take_while(|a| matches!(a, Action::RoleChange(RoleChange::StepDown(_))))
+                .count();
             out.insert(at, Action::Persist(record));
         }
     }
@@ -371,7 +373,11 @@ impl Leadership {
         if let Role::Leader { epoch, .. } = self.role {
             let term = Term::new(epoch, self.me);
             info!(device = %self.me, %term, ?reason, "stepping down");
-            out.push(Action::Change(Change::StepDown(StepDown { term, new_leader, reason })));
+            out.push(Action::RoleChange(RoleChange::StepDown(StepDown {
+                term,
+                new_leader,
+                reason,
+            })));
         }
     }
 
@@ -386,11 +392,11 @@ impl Leadership {
         if !known {
             info!(device = %self.me, %term, "following");
             self.last_leader = Some(term);
-            out.push(Action::Change(Change::Follow { term }));
+            out.push(Action::RoleChange(RoleChange::Follow { term }));
         }
     }
 
-    fn defer(&mut self, now: Time, to: DeviceId) {
+    fn defer(&mut self, now: Time, to: MemberId) {
         debug!(device = %self.me, better = %to, epoch = %self.max_epoch, "deferring to a better claim");
         self.role = Role::Follower {
             leader: None,
@@ -399,7 +405,7 @@ impl Leadership {
         };
     }
 
-    fn on_message(&mut self, now: Time, from: DeviceId, message: Message, out: &mut Vec<Action>) {
+    fn on_message(&mut self, now: Time, from: MemberId, message: Message, out: &mut Vec<Action>) {
         if from == self.me {
             return;
         }
@@ -435,7 +441,7 @@ impl Leadership {
                 let term = Term::new(epoch, self.me);
                 info!(device = %self.me, %term, %from, "heard a member again: resuming sequencing");
                 self.role = Role::Leader { epoch, next_heartbeat, paused: false };
-                out.push(Action::Change(Change::Resume { term }));
+                out.push(Action::RoleChange(RoleChange::Resume { term }));
             }
             _ => {}
         }
@@ -597,7 +603,7 @@ impl Leadership {
             Role::Leader { epoch, next_heartbeat: now + self.config.heartbeat(), paused: false };
         self.quiet_base = now;
         self.last_leader = Some(term);
-        out.push(Action::Change(Change::BecomeLeader { term }));
+        out.push(Action::RoleChange(RoleChange::BecomeLeader { term }));
         self.broadcast(self.heartbeat(epoch), out);
     }
 
@@ -688,12 +694,12 @@ impl Leadership {
                 let paused = match (paused, silent) {
                     (false, true) => {
                         warn!(device = %self.me, %term, "heard no other member: pausing sequencing");
-                        out.push(Action::Change(Change::Pause { term }));
+                        out.push(Action::RoleChange(RoleChange::Pause { term }));
                         true
                     }
                     (true, false) if !self.has_others() => {
                         info!(device = %self.me, %term, "the only member: resuming sequencing");
-                        out.push(Action::Change(Change::Resume { term }));
+                        out.push(Action::RoleChange(RoleChange::Resume { term }));
                         false
                     }
                     (p, _) => p,
@@ -703,7 +709,7 @@ impl Leadership {
         }
     }
 
-    fn on_membership(&mut self, now: Time, members: BTreeSet<DeviceId>, out: &mut Vec<Action>) {
+    fn on_membership(&mut self, now: Time, members: BTreeSet<MemberId>, out: &mut Vec<Action>) {
         let was_member = self.is_member();
         self.members = members;
         self.heard.retain(|d, _| self.members.contains(d));

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::store::PersistedLeadership;
-use crate::types::{DeviceId, Epoch, Position, Term};
+use crate::types::{Epoch, LogPosition, MemberId, Term};
 
 /// A message one device's machine sends to another's.
 ///
@@ -21,7 +21,7 @@ pub enum Message {
         /// The sender's term (`term.leader` is the sender).
         term: Term,
         /// The leader's log position.
-        position: Position,
+        position: LogPosition,
     },
     /// "I stand for `epoch` with `position`." Sent by a candidate once its new epoch is saved.
     Claim {
@@ -29,18 +29,18 @@ pub enum Message {
         /// of the election it joined).
         epoch: Epoch,
         /// The candidate (the sender).
-        device: DeviceId,
+        device: MemberId,
         /// How far the candidate has applied the log.
-        position: Position,
+        position: LogPosition,
     },
     /// "I am here, I have seen `epoch`, and I follow `leader`." Sent by every member that does
     /// not lead, to every other member, every `H`. It is how a leader knows it is not alone
-    /// (a leader that hears no member pauses, see [`Change::Pause`]) and how followers know
+    /// (a leader that hears no member pauses, see [`RoleChange::Pause`]) and how followers know
     /// that someone else is reachable (a device that heard no other member for a lease does
     /// not claim).
     Presence {
         /// The sender.
-        device: DeviceId,
+        device: MemberId,
         /// The highest epoch the sender has seen.
         epoch: Epoch,
         /// The term the sender follows, if any.
@@ -50,7 +50,7 @@ pub enum Message {
 
 impl Message {
     /// The device that sent (and is named in) the message.
-    pub fn sender(&self) -> DeviceId {
+    pub fn sender(&self) -> MemberId {
         match self {
             Self::Heartbeat { term, .. } => term.leader,
             Self::Claim { device, .. } | Self::Presence { device, .. } => *device,
@@ -93,7 +93,7 @@ pub enum Input {
     /// A message arrived from the authenticated peer `from`.
     Received {
         /// The peer the transport authenticated.
-        from: DeviceId,
+        from: MemberId,
         /// What it sent.
         message: Message,
     },
@@ -103,11 +103,11 @@ pub enum Input {
     /// The record of an [`Action::Persist`] has been saved durably.
     Persisted(PersistedLeadership),
     /// This device's log position changed (last applied sequence number).
-    Position(Position),
+    LogPosition(LogPosition),
     /// The library's member list changed. Messages from non-members are ignored; a device
     /// that is not a member never claims or leads; removing the current leader counts as
     /// losing it (an election follows at once).
-    Membership(BTreeSet<DeviceId>),
+    Membership(BTreeSet<MemberId>),
 }
 
 /// One thing the machine asks its driver to do. Execute them in order.
@@ -121,18 +121,18 @@ pub enum Action {
     /// Send `message` to the peer `to` (best effort; losing it is fine).
     Send {
         /// The recipient.
-        to: DeviceId,
+        to: MemberId,
         /// The message.
         message: Message,
     },
     /// Tell the service that this device's role changed.
-    Change(Change),
+    RoleChange(RoleChange),
 }
 
 /// A change of role the service must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Change {
+pub enum RoleChange {
     /// This device now leads `term`: it may sequence, stamping entries with `term`. Its epoch
     /// was saved before this change was emitted.
     BecomeLeader {
@@ -148,7 +148,7 @@ pub enum Change {
     },
     /// This device still leads `term` but has heard no other member for
     /// [`Config::isolation`](crate::Config::isolation): stop sequencing (local writes wait in
-    /// the outbox) until [`Change::Resume`]. The term is kept: a leader that was only briefly
+    /// the outbox) until [`RoleChange::Resume`]. The term is kept: a leader that was only briefly
     /// cut off goes on without an election, and one that the others replaced in the meantime
     /// steps down when it hears them, having sequenced nothing they lack.
     Pause {
@@ -169,7 +169,7 @@ pub enum Change {
 ///    [`Fence::can_sequence`](crate::Fence::can_sequence) before each batch as well);
 /// 2. keep every unsequenced change — its own outbox rows and whatever followers forwarded to
 ///    it — and hand them to the winner: to `new_leader` if it is known, otherwise to the
-///    leader of the next [`Change::Follow`]. Forwarding is idempotent by origin key, so
+///    leader of the next [`RoleChange::Follow`]. Forwarding is idempotent by origin key, so
 ///    re-sending what the winner already has is harmless;
 /// 3. let the log layer compare positions with the winner: entries this device sequenced
 ///    under `term` that the winner does not share are discarded and re-submitted

@@ -81,13 +81,13 @@ impl LeadershipStore for MemoryStore {
 /// store_suite(&MemoryStore::new()).expect("the in-memory store meets the contract");
 /// ```
 pub fn store_suite(store: &dyn LeadershipStore) -> std::result::Result<(), String> {
-    use crate::types::DeviceId;
+    use crate::types::MemberId;
 
     let loaded = |what: &str| store.load().map_err(|e| format!("load after {what} failed: {e}"));
     if loaded("nothing")?.is_some() {
         return Err("a fresh store must load None".into());
     }
-    let leader = DeviceId::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0);
+    let leader = MemberId::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0);
     let records = [
         PersistedLeadership { max_epoch: Epoch(1), last_leader: Some(Term::new(Epoch(1), leader)) },
         PersistedLeadership { max_epoch: Epoch(2), last_leader: Some(Term::new(Epoch(1), leader)) },
@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn record_is_readable_json_and_tolerates_missing_optional_fields() {
-        let leader = crate::DeviceId::from_u128(42);
+        let leader = crate::MemberId::from_u128(42);
         let record = PersistedLeadership {
             max_epoch: Epoch(7),
             last_leader: Some(Term::new(Epoch(7), leader)),

@@ -13,30 +13,30 @@ use uuid::Uuid;
 /// and of two leaders that meet at the same epoch (the higher id wins).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct DeviceId(pub Uuid);
+pub struct MemberId(pub Uuid);
 
-impl DeviceId {
+impl MemberId {
     /// Builds an id from its 128-bit value (handy for tests that want a known order).
     pub const fn from_u128(value: u128) -> Self {
         Self(Uuid::from_u128(value))
     }
 }
 
-impl From<Uuid> for DeviceId {
+impl From<Uuid> for MemberId {
     fn from(value: Uuid) -> Self {
         Self(value)
     }
 }
 
-impl fmt::Display for DeviceId {
+impl fmt::Display for MemberId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)
     }
 }
 
-impl fmt::Debug for DeviceId {
+impl fmt::Debug for MemberId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DeviceId({})", self.0)
+        write!(f, "MemberId({})", self.0)
     }
 }
 
@@ -74,7 +74,7 @@ impl fmt::Display for Epoch {
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 #[serde(transparent)]
-pub struct Position(pub u64);
+pub struct LogPosition(pub u64);
 
 /// One leadership term: an epoch and the device that leads it.
 ///
@@ -87,12 +87,12 @@ pub struct Term {
     /// The epoch of the term (compared first).
     pub epoch: Epoch,
     /// The device that leads it (compared second).
-    pub leader: DeviceId,
+    pub leader: MemberId,
 }
 
 impl Term {
     /// A term from its parts.
-    pub const fn new(epoch: Epoch, leader: DeviceId) -> Self {
+    pub const fn new(epoch: Epoch, leader: MemberId) -> Self {
         Self { epoch, leader }
     }
 }

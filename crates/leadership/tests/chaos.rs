@@ -7,7 +7,7 @@ mod sim;
 use std::cell::RefCell;
 use std::time::Duration;
 
-use leadership::Change;
+use leadership::RoleChange;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use sim::{Sim, SimConfig};
@@ -129,7 +129,7 @@ fn run(schedule: &Schedule) -> Result<Outcome, String> {
     let late_wins = sim
         .changes
         .iter()
-        .filter(|s| s.at > calm + L + H && matches!(s.change, Change::BecomeLeader { .. }))
+        .filter(|s| s.at > calm + L + H && matches!(s.change, RoleChange::BecomeLeader { .. }))
         .count();
     if late_wins > 0 {
         return fail("an election after convergence");

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use leadership::driver::{self, DriverParams, FirstStart};
 use leadership::{
-    Change, Config, DeviceId, DriverHandle, Epoch, Error, MemoryStore, Message, RoleKind, Status,
-    Term, Verdict,
+    Config, DriverHandle, Epoch, Error, MemberId, MemoryStore, Message, RoleChange, RoleKind,
+    Status, Term, Verdict,
 };
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
@@ -22,13 +22,13 @@ const DELAY: Duration = Duration::from_millis(20);
 /// routing table is down.
 #[derive(Clone, Default)]
 struct Net {
-    handles: Arc<Mutex<HashMap<DeviceId, DriverHandle>>>,
+    handles: Arc<Mutex<HashMap<MemberId, DriverHandle>>>,
 }
 
 impl Net {
-    fn transport(&self, from: DeviceId) -> impl leadership::Transport {
+    fn transport(&self, from: MemberId) -> impl leadership::Transport {
         let handles = Arc::clone(&self.handles);
-        move |to: DeviceId, message: Message| {
+        move |to: MemberId, message: Message| {
             let handles = Arc::clone(&handles);
             tokio::spawn(async move {
                 tokio::time::sleep(DELAY).await;
@@ -42,25 +42,25 @@ impl Net {
 }
 
 struct Device {
-    id: DeviceId,
+    id: MemberId,
     store: Arc<MemoryStore>,
     handle: DriverHandle,
     task: JoinHandle<()>,
     /// (change, epoch saved in the store when the change was announced)
-    changes: Arc<Mutex<Vec<(Change, Epoch)>>>,
+    changes: Arc<Mutex<Vec<(RoleChange, Epoch)>>>,
 }
 
 async fn start(
     net: &Net,
-    id: DeviceId,
-    members: &BTreeSet<DeviceId>,
+    id: MemberId,
+    members: &BTreeSet<MemberId>,
     first_start: FirstStart,
     store: Arc<MemoryStore>,
 ) -> Device {
     let changes = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&changes);
     let observed_store = Arc::clone(&store);
-    let observer = move |change: &Change| {
+    let observer = move |change: &RoleChange| {
         let saved = observed_store.snapshot().map(|r| r.max_epoch).unwrap_or_default();
         seen.lock().unwrap().push((change.clone(), saved));
     };
@@ -97,8 +97,8 @@ async fn wait_for(device: &Device, within: Duration, pred: impl FnMut(&Status) -
 }
 
 async fn cluster(net: &Net, n: u128) -> Vec<Device> {
-    let ids: Vec<DeviceId> = (1..=n).map(DeviceId::from_u128).collect();
-    let members: BTreeSet<DeviceId> = ids.iter().copied().collect();
+    let ids: Vec<MemberId> = (1..=n).map(MemberId::from_u128).collect();
+    let members: BTreeSet<MemberId> = ids.iter().copied().collect();
     let mut devices = Vec::new();
     for (i, id) in ids.into_iter().enumerate() {
         let first = if i == 0 { FirstStart::Create } else { FirstStart::Join };
@@ -118,7 +118,7 @@ async fn creator_leads_epoch_one_after_saving_it_and_joiners_follow() {
         wait_for(d, H + DELAY * 2, |s| s.leader == Some(one) && s.durable_epoch == Epoch(1)).await;
     }
     let changes = devices[0].changes.lock().unwrap().clone();
-    assert_eq!(changes, vec![(Change::BecomeLeader { term: one }, Epoch(1))]);
+    assert_eq!(changes, vec![(RoleChange::BecomeLeader { term: one }, Epoch(1))]);
     assert_eq!(devices[0].handle.fence().can_sequence(), Some(one));
     assert_eq!(devices[1].handle.fence().check(one), Verdict::Accept);
     assert_eq!(devices[1].store.snapshot().unwrap().last_leader, Some(one));
@@ -141,7 +141,7 @@ async fn driver_fails_over_within_lease_plus_heartbeat() {
     }
     assert!(crashed_at.elapsed() <= L + H, "{:?}", crashed_at.elapsed());
     let changes = devices[2].changes.lock().unwrap().clone();
-    assert_eq!(changes.last(), Some(&(Change::BecomeLeader { term: two }, Epoch(2))));
+    assert_eq!(changes.last(), Some(&(RoleChange::BecomeLeader { term: two }, Epoch(2))));
 }
 
 /// A restarted device resumes from its store: it keeps its epoch, comes back as a follower
@@ -153,7 +153,7 @@ async fn a_restarted_driver_resumes_from_its_store() {
     let one = Term::new(Epoch(1), devices[0].id);
     wait_for(&devices[1], H * 2, |s| s.leader == Some(one)).await;
     crash(&net, &devices[1]);
-    let members: BTreeSet<DeviceId> = devices.iter().map(|d| d.id).collect();
+    let members: BTreeSet<MemberId> = devices.iter().map(|d| d.id).collect();
     let again =
         start(&net, devices[1].id, &members, FirstStart::Join, Arc::clone(&devices[1].store)).await;
     let status = again.handle.status();
@@ -169,7 +169,7 @@ async fn a_restarted_driver_resumes_from_its_store() {
 #[tokio::test(start_paused = true)]
 async fn a_failing_store_delays_leadership_and_never_loses_an_epoch() {
     let net = Net::default();
-    let id = DeviceId::from_u128(1);
+    let id = MemberId::from_u128(1);
     let store = Arc::new(MemoryStore::new());
     store.set_failing(true);
     let device = start(&net, id, &[id].into(), FirstStart::Create, Arc::clone(&store)).await;
@@ -199,7 +199,7 @@ async fn observing_a_newer_term_moves_the_fence() {
     assert_eq!(status.can_sequence(), None);
     assert!(matches!(devices[0].handle.fence().check(one), Verdict::RefuseStale { .. }));
     let changes = devices[0].changes.lock().unwrap().clone();
-    assert!(matches!(&changes[1].0, Change::StepDown(s) if s.term == one));
+    assert!(matches!(&changes[1].0, RoleChange::StepDown(s) if s.term == one));
 }
 
 /// Shutting a driver down ends its task; its handle then reports that it stopped.
@@ -213,9 +213,9 @@ async fn shutdown_stops_the_driver() {
     let err = device
         .handle
         .deliver(
-            DeviceId::from_u128(9),
+            MemberId::from_u128(9),
             Message::Heartbeat {
-                term: Term::new(Epoch(1), DeviceId::from_u128(9)),
+                term: Term::new(Epoch(1), MemberId::from_u128(9)),
                 position: Default::default(),
             },
         )

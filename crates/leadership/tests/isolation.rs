@@ -14,7 +14,7 @@ mod sim;
 
 use std::time::Duration;
 
-use leadership::{Change, Epoch, RoleKind, Term};
+use leadership::{Epoch, RoleChange, RoleKind, Term};
 use sim::{Rng, Sim, SimConfig};
 
 const L: Duration = Duration::from_secs(5);
@@ -31,8 +31,8 @@ fn steady(n: usize, seed: u64) -> Sim {
     sim
 }
 
-fn is_claim_or_lead(change: &Change) -> bool {
-    matches!(change, Change::BecomeLeader { .. })
+fn is_claim_or_lead(change: &RoleChange) -> bool {
+    matches!(change, RoleChange::BecomeLeader { .. })
 }
 
 /// An isolated follower never claims: cut off from every member for 2–120 s (40 seeds, 3 and
@@ -61,7 +61,9 @@ fn an_isolated_follower_never_claims_and_rejoins_without_an_election() {
             .changes
             .iter()
             .find(|s| {
-                s.node == follower && s.at >= healed && matches!(s.change, Change::Follow { .. })
+                s.node == follower
+                    && s.at >= healed
+                    && matches!(s.change, RoleChange::Follow { .. })
             })
             .map(|s| s.at.saturating_since(healed));
         if let Some(back) = back {
@@ -91,7 +93,7 @@ fn an_isolated_leader_pauses_before_the_others_elect_and_never_resumes_a_replace
         let paused_at = sim
             .changes
             .iter()
-            .find(|s| s.node == 0 && matches!(s.change, Change::Pause { .. }))
+            .find(|s| s.node == 0 && matches!(s.change, RoleChange::Pause { .. }))
             .map(|s| s.at)
             .expect("paused");
         let elected = sim
@@ -113,10 +115,9 @@ fn an_isolated_leader_pauses_before_the_others_elect_and_never_resumes_a_replace
         sim.assert_ok();
         assert_eq!(sim.max_epoch(), Epoch(2), "seed {seed}\n{}", sim.report());
         assert_eq!(sim.converged_leader().map(|t| t.epoch), Some(Epoch(2)));
-        let resumed = sim
-            .changes
-            .iter()
-            .any(|s| s.node == 0 && s.at >= healed && matches!(s.change, Change::Resume { .. }));
+        let resumed = sim.changes.iter().any(|s| {
+            s.node == 0 && s.at >= healed && matches!(s.change, RoleChange::Resume { .. })
+        });
         assert!(!resumed, "seed {seed}: resumed a replaced term\n{}", sim.report());
         assert_eq!(sim.first_overlap, None, "seed {seed}\n{}", sim.report());
     }
@@ -141,7 +142,7 @@ fn a_leader_that_hears_nobody_pauses_and_resumes_its_term_when_a_member_returns(
         let paused_at = sim
             .changes
             .iter()
-            .find(|s| s.node == 0 && s.at > down_at && matches!(s.change, Change::Pause { .. }))
+            .find(|s| s.node == 0 && s.at > down_at && matches!(s.change, RoleChange::Pause { .. }))
             .map(|s| s.at)
             .unwrap();
         assert!(paused_at.saturating_since(down_at) <= L - H + H + Duration::from_millis(150));
@@ -156,7 +157,7 @@ fn a_leader_that_hears_nobody_pauses_and_resumes_its_term_when_a_member_returns(
         sim.assert_ok();
         assert_eq!(sim.max_epoch(), Epoch(1), "seed {seed}: no election\n{}", sim.report());
         assert_eq!(sim.converged_leader(), Some(Term::new(Epoch(1), sim.ids[0])));
-        assert!(sim.count_changes(0, |c| matches!(c, Change::Resume { .. })) >= 1);
+        assert!(sim.count_changes(0, |c| matches!(c, RoleChange::Resume { .. })) >= 1);
     }
 }
 
@@ -170,7 +171,7 @@ fn a_library_with_one_member_is_led_by_it() {
     sim.run_for(secs(3600));
     sim.assert_ok();
     assert_eq!(sim.leaders(), vec![(0, Term::new(Epoch(1), sim.ids[0]))]);
-    assert_eq!(sim.count_changes(0, |c| matches!(c, Change::Pause { .. })), 0);
+    assert_eq!(sim.count_changes(0, |c| matches!(c, RoleChange::Pause { .. })), 0);
 
     sim.crash(0);
     sim.restart(0);

@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use leadership::{
-    Action, Change, Config, DeviceId, Epoch, Input, Leadership, Message, PersistedLeadership,
-    Position, RoleKind, Start, Term, Time,
+    Action, Config, Epoch, Input, Leadership, LogPosition, MemberId, Message, PersistedLeadership,
+    RoleChange, RoleKind, Start, Term, Time,
 };
 
-const A: DeviceId = DeviceId::from_u128(0xa);
-const B: DeviceId = DeviceId::from_u128(0xb);
+const A: MemberId = MemberId::from_u128(0xa);
+const B: MemberId = MemberId::from_u128(0xb);
 
 /// Drives `m` from `from` for `span`, acknowledging every save at once; returns every action.
 fn run(m: &mut Leadership, from: Time, span: Duration) -> Vec<Action> {
@@ -39,7 +39,7 @@ fn never_reuses(actions: &[Action], seen: Epoch) {
             Action::Send { message: Message::Claim { epoch, .. }, .. } => {
                 assert!(*epoch > seen, "claimed {epoch}, already seen {seen}")
             }
-            Action::Change(Change::BecomeLeader { term }) => {
+            Action::RoleChange(RoleChange::BecomeLeader { term }) => {
                 assert!(term.epoch > seen, "leads {term}, already seen {seen}")
             }
             _ => {}
@@ -59,7 +59,7 @@ fn heartbeat_at_the_last_epoch_neither_panics_nor_reuses_it() {
         now,
         Input::Received {
             from: A,
-            message: Message::Heartbeat { term: last, position: Position(0) },
+            message: Message::Heartbeat { term: last, position: LogPosition(0) },
         },
     );
     assert_eq!(b.status().leader, Some(last));
@@ -92,7 +92,7 @@ fn resume_at_the_last_epoch_neither_panics_nor_reuses_it() {
     let term = Term::new(Epoch(u64::MAX), A);
     b.handle(
         Time::from_millis(30_050),
-        Input::Received { from: A, message: Message::Heartbeat { term, position: Position(0) } },
+        Input::Received { from: A, message: Message::Heartbeat { term, position: LogPosition(0) } },
     );
     assert_eq!(b.status().leader, Some(term));
 }

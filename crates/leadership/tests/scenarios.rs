@@ -11,7 +11,7 @@ mod sim;
 
 use std::time::{Duration, Instant};
 
-use leadership::{Change, Epoch, RoleKind, StepDownReason, Term};
+use leadership::{Epoch, RoleChange, RoleKind, StepDownReason, Term};
 use sim::{Rng, Sim, SimConfig};
 
 const L: Duration = Duration::from_secs(5);
@@ -75,7 +75,7 @@ fn leader_loss_gives_exactly_one_new_leader_within_lease_plus_heartbeat() {
         let after: Vec<_> = sim
             .changes
             .iter()
-            .filter(|s| s.at > crash_at && matches!(s.change, Change::BecomeLeader { .. }))
+            .filter(|s| s.at > crash_at && matches!(s.change, RoleChange::BecomeLeader { .. }))
             .collect();
         assert_eq!(after.len(), 1, "exactly one election win\n{}", sim.report());
         assert_eq!(sim.max_epoch(), Epoch(2), "one election, one epoch");
@@ -261,7 +261,7 @@ fn split_brain_at_the_same_epoch_heals_to_the_higher_device_id() {
     assert_eq!(downs[0].node, 2);
     assert!(matches!(
         &downs[0].change,
-        Change::StepDown(s) if s.reason == StepDownReason::HigherTerm(four) && s.new_leader == Some(four)
+        RoleChange::StepDown(s) if s.reason == StepDownReason::HigherTerm(four) && s.new_leader == Some(four)
     ));
     assert_eq!(sim.max_epoch(), Epoch(2));
     eprintln!("split brain at epoch 2: one leader {delay:?} after heal (bound {bound:?})");
@@ -363,12 +363,12 @@ fn removing_the_leader_counts_as_leader_loss() {
     let won_at = sim
         .changes
         .iter()
-        .find(|s| s.at > removed_at && matches!(s.change, Change::BecomeLeader { .. }))
+        .find(|s| s.at > removed_at && matches!(s.change, RoleChange::BecomeLeader { .. }))
         .unwrap()
         .at;
     assert!(won_at.saturating_since(removed_at) < H, "elected without waiting a lease");
     assert!(matches!(
         &sim.step_downs()[0].change,
-        Change::StepDown(s) if s.reason == StepDownReason::Removed
+        RoleChange::StepDown(s) if s.reason == StepDownReason::Removed
     ));
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use leadership::{Change as LChange, DriverHandle, Message as LMessage, Term};
+use leadership::{DriverHandle, Message as LMessage, RoleChange as LChange, Term};
 use sync_log::{Change, DeviceId, Epoch, LibraryId, LogEntry, Position, Seq, SyncLog};
 use sync_proto::{
     Ack, Assigned, Divergence, Entries, ErrorCode, ErrorMessage, Fetch, LocalState, MemberTable,
@@ -282,7 +282,7 @@ impl Engine {
             }
             Err(e) => self.fail("reading the applied seq", &e),
         }
-        let _ = self.driver.set_position(leadership::Position(self.head.seq.0));
+        let _ = self.driver.set_position(leadership::LogPosition(self.head.seq.0));
     }
 
     async fn refresh_counts(&mut self) {
@@ -372,7 +372,7 @@ impl Engine {
                 self.dialers.insert(*device, task);
             }
         }
-        let mut set: BTreeSet<leadership::DeviceId> = new.keys().map(|d| wire::to_l(*d)).collect();
+        let mut set: BTreeSet<leadership::MemberId> = new.keys().map(|d| wire::to_l(*d)).collect();
         set.insert(wire::to_l(self.me));
         let _ = self.driver.set_members(set);
         self.members = new;

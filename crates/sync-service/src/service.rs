@@ -140,14 +140,14 @@ impl SyncService {
         let models =
             tm.with(|l| Ok(l.registry().names().map(str::to_owned).collect::<Vec<_>>())).await?;
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let mut member_ids: std::collections::BTreeSet<leadership::DeviceId> =
+        let mut member_ids: std::collections::BTreeSet<leadership::MemberId> =
             members.iter().map(|m| wire::to_l(m.device)).collect();
         member_ids.insert(wire::to_l(device));
         // Leadership goes straight to the sessions' queues, never waiting for the engine.
         let outlets = Outlets::default();
         let transport = {
             let outlets = outlets.clone();
-            move |to: leadership::DeviceId, message: leadership::Message| {
+            move |to: leadership::MemberId, message: leadership::Message| {
                 if let Some(msg) = wire::encode(&message) {
                     outlets.send(wire::from_l(to), msg);
                 }
@@ -155,7 +155,7 @@ impl SyncService {
         };
         let observer = {
             let tx = control_tx.clone();
-            move |change: &leadership::Change| {
+            move |change: &leadership::RoleChange| {
                 let _ = tx.send(Control::Role(change.clone()));
             }
         };
@@ -164,7 +164,7 @@ impl SyncService {
             me: wire::to_l(device),
             members: member_ids,
             first_start,
-            position: leadership::Position(head.seq.0),
+            position: leadership::LogPosition(head.seq.0),
         };
         let (driver, driver_task) =
             driver::spawn(dparams, leadership_store, transport, observer).await?;

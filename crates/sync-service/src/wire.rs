@@ -9,7 +9,7 @@
 //! which is harmless. This module is the only place that knows it.
 
 use bytes::Bytes;
-use leadership::{Message as LMessage, Position as LPosition, Term};
+use leadership::{LogPosition as LPosition, Message as LMessage, Term};
 use sync_log::{DeviceId, Epoch, Seq};
 use sync_proto::{Heartbeat, Message, Ping};
 
@@ -19,12 +19,12 @@ pub const LEADERSHIP_NONCE: u64 = u64::from_be_bytes(*b"LEADSHIP");
 pub const MAX_LEADERSHIP_PAYLOAD: usize = 256;
 
 /// A log device id as a leadership device id.
-pub fn to_l(device: DeviceId) -> leadership::DeviceId {
-    leadership::DeviceId(device.0)
+pub fn to_l(device: DeviceId) -> leadership::MemberId {
+    leadership::MemberId(device.0)
 }
 
 /// A leadership device id as a log device id.
-pub fn from_l(device: leadership::DeviceId) -> DeviceId {
+pub fn from_l(device: leadership::MemberId) -> DeviceId {
     DeviceId(device.0)
 }
 
@@ -73,7 +73,7 @@ mod tests {
     /// Every leadership message survives the trip through the wire encoding.
     #[test]
     fn leadership_messages_round_trip() {
-        let a = leadership::DeviceId::from_u128(7);
+        let a = leadership::MemberId::from_u128(7);
         let term = Term::new(leadership::Epoch(3), a);
         for m in [
             LMessage::Heartbeat { term, position: LPosition(9) },

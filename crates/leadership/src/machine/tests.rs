@@ -5,30 +5,30 @@ use std::time::Duration;
 use super::*;
 use crate::Verdict;
 
-const A: DeviceId = DeviceId::from_u128(0xa);
-const B: DeviceId = DeviceId::from_u128(0xb);
-const C: DeviceId = DeviceId::from_u128(0xc);
-const STRANGER: DeviceId = DeviceId::from_u128(0xfff);
+const A: MemberId = MemberId::from_u128(0xa);
+const B: MemberId = MemberId::from_u128(0xb);
+const C: MemberId = MemberId::from_u128(0xc);
+const STRANGER: MemberId = MemberId::from_u128(0xfff);
 
 fn ms(n: u64) -> Time {
     Time::from_millis(n)
 }
 
-fn term(epoch: u64, leader: DeviceId) -> Term {
+fn term(epoch: u64, leader: MemberId) -> Term {
     Term::new(Epoch(epoch), leader)
 }
 
-fn heartbeat(epoch: u64, leader: DeviceId) -> Input {
+fn heartbeat(epoch: u64, leader: MemberId) -> Input {
     Input::Received {
         from: leader,
-        message: Message::Heartbeat { term: term(epoch, leader), position: Position(0) },
+        message: Message::Heartbeat { term: term(epoch, leader), position: LogPosition(0) },
     }
 }
 
-fn claim(epoch: u64, device: DeviceId, position: u64) -> Input {
+fn claim(epoch: u64, device: MemberId, position: u64) -> Input {
     Input::Received {
         from: device,
-        message: Message::Claim { epoch: Epoch(epoch), device, position: Position(position) },
+        message: Message::Claim { epoch: Epoch(epoch), device, position: LogPosition(position) },
     }
 }
 
@@ -42,11 +42,11 @@ fn saved_at(epoch: u64) -> Input {
     Input::Persisted(PersistedLeadership { max_epoch: Epoch(epoch), last_leader: None })
 }
 
-fn changes(actions: &[Action]) -> Vec<Change> {
+fn changes(actions: &[Action]) -> Vec<RoleChange> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Change(c) => Some(c.clone()),
+            Action::RoleChange(c) => Some(c.clone()),
             _ => None,
         })
         .collect()
@@ -60,7 +60,7 @@ fn persisted(actions: &[Action]) -> Option<PersistedLeadership> {
 }
 
 /// Messages sent, presence announcements left out.
-fn sent(actions: &[Action]) -> Vec<(DeviceId, Message)> {
+fn sent(actions: &[Action]) -> Vec<(MemberId, Message)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -80,7 +80,7 @@ fn quiet(actions: Vec<Action>) -> Vec<Action> {
 }
 
 /// A presence announcement from `from`, which has seen `epoch` and follows `leader`.
-fn presence(from: DeviceId, epoch: u64, leader: Option<Term>) -> Input {
+fn presence(from: MemberId, epoch: u64, leader: Option<Term>) -> Input {
     Input::Received {
         from,
         message: Message::Presence { device: from, epoch: Epoch(epoch), leader },
@@ -88,22 +88,22 @@ fn presence(from: DeviceId, epoch: u64, leader: Option<Term>) -> Input {
 }
 
 /// `m` hears `from` (a presence that tells it nothing new).
-fn hear(m: &mut Leadership, now: Time, from: DeviceId) {
+fn hear(m: &mut Leadership, now: Time, from: MemberId) {
     let epoch = m.status().max_epoch.0;
     m.handle(now, presence(from, epoch, None));
 }
 
 /// Some member other than `me`.
-fn other(me: DeviceId) -> DeviceId {
+fn other(me: MemberId) -> MemberId {
     if me == A { B } else { A }
 }
 
-fn joined(me: DeviceId) -> Leadership {
+fn joined(me: MemberId) -> Leadership {
     Leadership::start(Config::default(), me, [A, B, C], Start::Join, ms(0)).0
 }
 
 /// Makes `me` the leader of `epoch` by way of a lapsed lease and an uncontested claim.
-fn leader_at(me: DeviceId, epoch: u64) -> (Leadership, Time) {
+fn leader_at(me: MemberId, epoch: u64) -> (Leadership, Time) {
     let record = PersistedLeadership { max_epoch: Epoch(epoch - 1), last_leader: None };
     let (mut m, _) =
         Leadership::start(Config::default(), me, [A, B, C], Start::Resume(record), ms(0));
@@ -114,7 +114,7 @@ fn leader_at(me: DeviceId, epoch: u64) -> (Leadership, Time) {
     m.handle(now, Input::Persisted(m.record()));
     now = now + Duration::from_millis(250);
     let actions = m.handle(now, Input::Tick);
-    assert_eq!(changes(&actions), vec![Change::BecomeLeader { term: term(epoch, me) }]);
+    assert_eq!(changes(&actions), vec![RoleChange::BecomeLeader { term: term(epoch, me) }]);
     ack(&mut m, now);
     (m, now)
 }
@@ -130,12 +130,12 @@ fn creator_leads_epoch_one_only_after_it_is_saved() {
     // Time passing or a stale ack changes nothing.
     assert!(changes(&m.handle(ms(100), saved_at(0))).is_empty());
     let actions = m.handle(ms(200), Input::Persisted(m.record()));
-    assert_eq!(changes(&actions), vec![Change::BecomeLeader { term: term(1, A) }]);
+    assert_eq!(changes(&actions), vec![RoleChange::BecomeLeader { term: term(1, A) }]);
     // The status record (leader = me) is saved before the change is announced.
     assert!(matches!(&actions[0], Action::Persist(r) if r.last_leader == Some(term(1, A))));
     assert_eq!(
         sent(&actions),
-        vec![(B, Message::Heartbeat { term: term(1, A), position: Position(0) })]
+        vec![(B, Message::Heartbeat { term: term(1, A), position: LogPosition(0) })]
     );
     assert_eq!(m.status().can_sequence(), Some(term(1, A)));
     ack(&mut m, ms(200));
@@ -161,7 +161,7 @@ fn leader_heartbeats_every_interval() {
 fn a_lapsed_lease_starts_an_election_that_claims_only_after_saving() {
     let mut m = joined(B);
     let actions = m.handle(ms(10), heartbeat(4, A));
-    assert_eq!(changes(&actions), vec![Change::Follow { term: term(4, A) }]);
+    assert_eq!(changes(&actions), vec![RoleChange::Follow { term: term(4, A) }]);
     ack(&mut m, ms(10));
     // Renewed by each heartbeat: no election at 5.01 s.
     m.handle(ms(3_000), heartbeat(4, A));
@@ -186,7 +186,7 @@ fn a_lapsed_lease_starts_an_election_that_claims_only_after_saving() {
     )));
     assert!(m.handle(ms(8_100), Input::Tick).is_empty());
     let actions = m.handle(ms(8_255), Input::Tick);
-    assert_eq!(changes(&actions), vec![Change::BecomeLeader { term: term(5, B) }]);
+    assert_eq!(changes(&actions), vec![RoleChange::BecomeLeader { term: term(5, B) }]);
 }
 
 #[test]
@@ -246,14 +246,14 @@ fn a_higher_epoch_deposes_a_leader_at_once() {
     let actions = m.handle(now, heartbeat(4, A));
     assert_eq!(
         actions[0],
-        Action::Change(Change::StepDown(StepDown {
+        Action::RoleChange(RoleChange::StepDown(StepDown {
             term: term(3, C),
             new_leader: Some(term(4, A)),
             reason: StepDownReason::HigherTerm(term(4, A)),
         }))
     );
     assert!(matches!(&actions[1], Action::Persist(r) if r.max_epoch == Epoch(4)));
-    assert_eq!(changes(&actions)[1], Change::Follow { term: term(4, A) });
+    assert_eq!(changes(&actions)[1], RoleChange::Follow { term: term(4, A) });
     assert_eq!(m.status().can_sequence(), None);
 }
 
@@ -270,7 +270,7 @@ fn same_epoch_leaders_resolve_to_the_higher_device_id() {
     let actions = low.handle(now, heartbeat(3, C));
     assert!(matches!(
         &changes(&actions)[0],
-        Change::StepDown(StepDown { reason: StepDownReason::HigherTerm(t), .. }) if *t == term(3, C)
+        RoleChange::StepDown(StepDown { reason: StepDownReason::HigherTerm(t), .. }) if *t == term(3, C)
     ));
     assert_eq!(low.status().leader, Some(term(3, C)));
 }
@@ -281,7 +281,7 @@ fn a_stale_heartbeat_gets_an_answer_from_the_leader() {
     let actions = m.handle(now, heartbeat(5, A));
     assert_eq!(
         sent(&actions),
-        vec![(A, Message::Heartbeat { term: term(6, B), position: Position(0) })]
+        vec![(A, Message::Heartbeat { term: term(6, B), position: LogPosition(0) })]
     );
     assert!(changes(&actions).is_empty());
 }
@@ -289,12 +289,12 @@ fn a_stale_heartbeat_gets_an_answer_from_the_leader() {
 #[test]
 fn a_claim_for_a_higher_epoch_makes_the_leader_stand_again_if_better() {
     let (mut m, now) = leader_at(B, 2);
-    m.handle(now, Input::Position(Position(50)));
+    m.handle(now, Input::LogPosition(LogPosition(50)));
     // A less caught-up member claims epoch 3: the leader steps down and stands (better rank).
     let actions = m.handle(now, claim(3, C, 10));
     assert!(matches!(
         &actions[0],
-        Action::Change(Change::StepDown(StepDown {
+        Action::RoleChange(RoleChange::StepDown(StepDown {
             reason: StepDownReason::Election(Epoch(3)),
             new_leader: None,
             ..
@@ -310,14 +310,14 @@ fn a_claim_for_a_higher_epoch_makes_the_leader_stand_again_if_better() {
 #[test]
 fn a_claim_for_a_higher_epoch_from_a_better_device_is_deferred_to() {
     let mut m = joined(C);
-    m.handle(ms(0), Input::Position(Position(5)));
+    m.handle(ms(0), Input::LogPosition(LogPosition(5)));
     let actions = m.handle(ms(10), claim(1, A, 9));
     assert_eq!(persisted(&actions).map(|r| r.max_epoch), Some(Epoch(1)));
     assert!(sent(&actions).is_empty());
     assert_eq!(m.status().role, RoleKind::Follower);
     // The winner's heartbeat is followed.
     let actions = m.handle(ms(300), heartbeat(1, A));
-    assert_eq!(changes(&actions), vec![Change::Follow { term: term(1, A) }]);
+    assert_eq!(changes(&actions), vec![RoleChange::Follow { term: term(1, A) }]);
 }
 
 #[test]
@@ -345,7 +345,7 @@ fn a_candidate_follows_a_leader_of_its_own_epoch() {
     m.handle(ms(5_000), Input::Tick);
     m.handle(ms(5_000), Input::Persisted(m.record()));
     let actions = m.handle(ms(5_100), heartbeat(1, A));
-    assert_eq!(changes(&actions), vec![Change::Follow { term: term(1, A) }]);
+    assert_eq!(changes(&actions), vec![RoleChange::Follow { term: term(1, A) }]);
     assert!(changes(&m.handle(ms(5_300), Input::Tick)).is_empty());
 }
 
@@ -363,7 +363,7 @@ fn non_members_and_spoofed_senders_are_ignored() {
     assert!(m.handle(ms(10), heartbeat(9, STRANGER)).is_empty());
     let spoof = Input::Received {
         from: C,
-        message: Message::Heartbeat { term: term(9, A), position: Position(0) },
+        message: Message::Heartbeat { term: term(9, A), position: LogPosition(0) },
     };
     assert!(m.handle(ms(20), spoof).is_empty());
     assert!(m.handle(ms(30), Input::Observed(term(9, B))).is_empty());
@@ -390,7 +390,7 @@ fn a_removed_leader_steps_down_and_never_stands() {
     let actions = m.handle(now, Input::Membership([A, B].into()));
     assert!(matches!(
         &changes(&actions)[0],
-        Change::StepDown(StepDown { reason: StepDownReason::Removed, .. })
+        RoleChange::StepDown(StepDown { reason: StepDownReason::Removed, .. })
     ));
     assert_eq!(m.next_wakeup(), None);
     assert!(m.handle(now + Duration::from_secs(60), Input::Tick).is_empty(), "not even presence");

@@ -13,8 +13,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use leadership::{
-    Action, Change, Config, DeviceId, Epoch, Input, Leadership, LeadershipStore, MemoryStore,
-    Message, Position, Start, Term, Time,
+    Action, Config, Epoch, Input, Leadership, LeadershipStore, LogPosition, MemberId, MemoryStore,
+    Message, RoleChange, Start, Term, Time,
 };
 
 /// SplitMix64: tiny, seedable, and stable forever (unlike a library RNG's stream).
@@ -108,7 +108,7 @@ pub struct Traced {
 pub struct Seen {
     pub at: Time,
     pub node: usize,
-    pub change: Change,
+    pub change: RoleChange,
 }
 
 struct Node {
@@ -127,7 +127,7 @@ struct Node {
 pub struct Sim {
     pub cfg: SimConfig,
     pub now: Time,
-    pub ids: Vec<DeviceId>,
+    pub ids: Vec<MemberId>,
     rng: Rng,
     nodes: Vec<Node>,
     queue: BinaryHeap<Reverse<(Time, u64, Event)>>,
@@ -155,7 +155,7 @@ impl Sim {
     /// Node `i` has device id `i + 1`, so a higher index is a higher id.
     pub fn new(cfg: SimConfig) -> Self {
         let n = cfg.nodes;
-        let ids: Vec<DeviceId> = (0..n).map(|i| DeviceId::from_u128(i as u128 + 1)).collect();
+        let ids: Vec<MemberId> = (0..n).map(|i| MemberId::from_u128(i as u128 + 1)).collect();
         let mut sim = Self {
             rng: Rng::new(cfg.seed),
             cfg,
@@ -193,7 +193,7 @@ impl Sim {
         sim
     }
 
-    fn members(&self) -> BTreeSet<DeviceId> {
+    fn members(&self) -> BTreeSet<MemberId> {
         self.ids.iter().copied().collect()
     }
 
@@ -303,10 +303,10 @@ impl Sim {
     }
 
     pub fn set_position(&mut self, i: usize, position: u64) {
-        self.input(i, Input::Position(Position(position)));
+        self.input(i, Input::LogPosition(LogPosition(position)));
     }
 
-    pub fn set_members(&mut self, i: usize, members: BTreeSet<DeviceId>) {
+    pub fn set_members(&mut self, i: usize, members: BTreeSet<MemberId>) {
         self.input(i, Input::Membership(members));
     }
 
@@ -385,7 +385,7 @@ impl Sim {
                     && m.status().leader == Some(term)
                     && position > m.status().position
                 {
-                    let actions = m.handle(self.now, Input::Position(position));
+                    let actions = m.handle(self.now, Input::LogPosition(position));
                     self.after_step(to, actions);
                 }
                 self.check_fenced(to, message);
@@ -464,7 +464,7 @@ impl Sim {
                     }
                     self.push(self.now + delay, Event::Deliver { to, from: i, message: key });
                 }
-                Action::Change(change) => self.on_change(i, change),
+                Action::RoleChange(change) => self.on_change(i, change),
             }
         }
         // Reschedule the wake-up.
@@ -481,10 +481,10 @@ impl Sim {
         }
     }
 
-    fn on_change(&mut self, i: usize, change: Change) {
+    fn on_change(&mut self, i: usize, change: RoleChange) {
         self.note(i, format!("{change:?}"));
         match &change {
-            Change::BecomeLeader { term } => {
+            RoleChange::BecomeLeader { term } => {
                 // Persist before acting: the epoch is in the store.
                 let saved = self.nodes[i]
                     .store
@@ -508,7 +508,7 @@ impl Sim {
                 self.nodes[i].led.push(term.epoch);
                 self.nodes[i].leading = Some((*term, self.now));
             }
-            Change::StepDown(_) => self.nodes[i].leading = None,
+            RoleChange::StepDown(_) => self.nodes[i].leading = None,
             _ => {}
         }
         self.changes.push(Seen { at: self.now, node: i, change });
@@ -552,7 +552,7 @@ impl Sim {
     }
 
     /// How many role changes of this kind node `i` announced.
-    pub fn count_changes(&self, i: usize, pred: impl Fn(&Change) -> bool) -> usize {
+    pub fn count_changes(&self, i: usize, pred: impl Fn(&RoleChange) -> bool) -> usize {
         self.changes.iter().filter(|s| s.node == i && pred(&s.change)).count()
     }
 
@@ -635,18 +635,18 @@ impl Sim {
         self.changes
             .iter()
             .filter_map(|s| match s.change {
-                Change::BecomeLeader { term } => Some(term.epoch),
+                RoleChange::BecomeLeader { term } => Some(term.epoch),
                 _ => None,
             })
             .collect()
     }
 
     pub fn become_leader_count(&self) -> usize {
-        self.changes.iter().filter(|s| matches!(s.change, Change::BecomeLeader { .. })).count()
+        self.changes.iter().filter(|s| matches!(s.change, RoleChange::BecomeLeader { .. })).count()
     }
 
     pub fn step_downs(&self) -> Vec<&Seen> {
-        self.changes.iter().filter(|s| matches!(s.change, Change::StepDown(_))).collect()
+        self.changes.iter().filter(|s| matches!(s.change, RoleChange::StepDown(_))).collect()
     }
 
     /// The seed and the last lines of the trace, for failure messages.
