@@ -14,7 +14,8 @@
 //!
 //! * [`SyncService`]: the public async API — [`commit`](SyncService::commit),
 //!   [`status`](SyncService::status) / [`watch_status`](SyncService::watch_status),
-//!   [`events`](SyncService::events), [`shutdown`](SyncService::shutdown).
+//!   [`events`](SyncService::events), [`conflicts`](SyncService::conflicts),
+//!   [`set_members`](SyncService::set_members), [`shutdown`](SyncService::shutdown).
 //! * One **engine** task per library owns the state and reacts to peer messages, leadership
 //!   changes, local commits and a housekeeping tick. Its decisions that need no I/O live in
 //!   [`plan`] (who dials, backoff, gap or apply, the common-seq search) and are unit-tested.
