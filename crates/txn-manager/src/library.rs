@@ -188,6 +188,8 @@ pub struct Library {
     clock: Arc<dyn Clock>,
     /// Bound of the conflict log.
     conflict_capacity: usize,
+    /// The highest own origin seq the sync log was last seen to hold: re-keying goes past it.
+    rekey_floor: u64,
     events: broadcast::Sender<Event>,
 }
 
@@ -303,6 +305,7 @@ impl Library {
             ),
             clock: config.clock,
             conflict_capacity: config.conflict_log_capacity,
+            rekey_floor: 0,
             origin_seq: from_db(state.origin_seq),
             applied_seq: Seq(from_db(state.applied_seq)),
             rewind_to: state.rewind_to.map(|s| Seq(from_db(s))),

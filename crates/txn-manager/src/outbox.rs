@@ -107,14 +107,18 @@ impl OwnEntries {
     }
 
     /// Re-keys every row marked in this transaction with origin seqs after `origin_seq` (the
-    /// counter, already past every own key seen); returns the new counter and the number of
-    /// rows re-keyed.
+    /// counter, already past every own key seen) and after `floor` (the highest own key the
+    /// log is known to hold); returns the new counter and the number of rows re-keyed.
     pub(crate) fn finish(
         self,
         conn: &mut SqliteConnection,
         mut origin_seq: u64,
+        floor: u64,
     ) -> Result<(u64, u64), Error> {
         let mut rekeyed = 0;
+        if self.touched.iter().any(|t| t.conflict && !t.deleted) || !self.loose.is_empty() {
+            origin_seq = origin_seq.max(floor);
+        }
         for t in self.touched.into_iter().filter(|t| t.conflict && !t.deleted) {
             origin_seq = rekey(conn, t.last, t.changes, origin_seq)?;
             rekeyed += 1;

@@ -243,3 +243,33 @@ fn a_resubmission_under_a_taken_key_does_not_wedge_the_leader() {
         assert_eq!(lib.sequence(&mut log, Epoch(3)).unwrap(), Seq(4));
     }
 }
+
+/// Past every internal batch: the log brings 2,500 of our older changes (three apply batches)
+/// under the keys a new database reused; the reused row is re-keyed once, past every key the
+/// log holds — not onto keys that later batches bring — and then sequenced.
+#[test]
+fn a_reused_row_is_rekeyed_past_every_key_the_log_holds() {
+    let mut old_tags: Vec<Tag> = Vec::new();
+    for i in 0..2_500 {
+        old_tags.push(Tag::new(format!("old {i}"), None));
+    }
+    let (mut old, _) = common::memory_library(DEVICE, 1_000);
+    let sequenced = old.insert_batch(old_tags).unwrap();
+    let mut leader = SyncLogStore::in_memory(common::LIBRARY).unwrap();
+    leader.append(Epoch(1), &sequenced).unwrap();
+
+    let (mut lib, _) = common::memory_library(DEVICE, 2_000);
+    let reused =
+        lib.commit((0..3).map(|i| Op::put(Tag::new(format!("new {i}"), None))).collect()).unwrap();
+    assert_eq!(reused[0].origin.seq, 1);
+    let mut log = SyncLogStore::in_memory(common::LIBRARY).unwrap();
+    let report = lib.receive(&mut log, &leader.read_after(Seq(0), usize::MAX).unwrap()).unwrap();
+    assert_eq!(report.rekeyed, 1, "re-keyed once, not once per batch");
+    let waiting = lib.outbox(10).unwrap();
+    let keys: Vec<u64> = waiting.iter().map(|c| c.origin.seq).collect();
+    assert_eq!(keys, vec![2_501, 2_502, 2_503]);
+    leader.append(Epoch(1), &waiting).unwrap();
+    lib.receive(&mut log, &leader.read_after(Seq(2_500), 10).unwrap()).unwrap();
+    assert!(lib.outbox(10).unwrap().is_empty());
+    assert_eq!(log.head().seq, Seq(2_503));
+}

@@ -11,6 +11,10 @@ impl Library {
     pub fn catch_up(&mut self, log: &mut SyncLogStore) -> Result<ApplyReport, Error> {
         self.check_log(log)?;
         self.finish_rewind(log)?;
+        // Re-keyed outbox rows go past every own key the log holds, not just past those
+        // applied so far: a reused row met in the first batch must not be re-keyed onto keys
+        // the next batches bring.
+        self.rekey_floor = self.rekey_floor.max(log.max_origin_seq(self.device)?.unwrap_or(0));
         let mut total = ApplyReport::default();
         loop {
             let entries = log.read_after(self.applied_seq, APPLY_BATCH)?;
@@ -84,6 +88,7 @@ impl Library {
         let mut rekeyed = 0u64;
         let mut conflicts = 0u64;
         let (at_ms, capacity) = (self.clock.now_millis(), self.conflict_capacity);
+        let rekey_floor = self.rekey_floor;
         self.conn.immediate_transaction(|conn| {
             let mut own = OwnEntries::default();
             let mut watch = crate::conflicts::Watch::load(conn)?;
@@ -127,7 +132,7 @@ impl Library {
             }
             // Known entries keep their order; runs of one model go through one batch apply.
             apply_known(conn, registry, &known, &mut report)?;
-            (origin_seq, rekeyed) = own.finish(conn, origin_seq)?;
+            (origin_seq, rekeyed) = own.finish(conn, origin_seq, rekey_floor)?;
             conflicts = watch.record(conn, at_ms, capacity)?;
             diesel::update(local_state::table.find(1))
                 .set((
@@ -176,7 +181,7 @@ impl Library {
                 }
                 apply_one(conn, registry, &entry, &mut report)?;
             }
-            let (counter, rekeyed) = own.finish(conn, origin_seq)?;
+            let (counter, rekeyed) = own.finish(conn, origin_seq, 0)?;
             report.rekeyed = rekeyed;
             if counter != origin_seq {
                 diesel::update(local_state::table.find(1))
