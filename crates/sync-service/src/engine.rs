@@ -384,6 +384,9 @@ impl Engine {
         match c {
             Control::Role(change) => self.on_role(change).await,
             Control::Kick => {
+                // At least this commit waits (the exact count comes with the next refresh):
+                // the status never says "in sync" while a write is unsent.
+                self.outbox_len = self.outbox_len.max(1);
                 if self.can_sequence().is_some() {
                     self.sequence_due = true;
                 } else if self.forwarded.awaiting_ack
