@@ -484,6 +484,19 @@ impl Library {
         Ok(T::load(&mut self.conn, id)?)
     }
 
+    /// The member devices of the library: its device rows that are not tombstoned, with their
+    /// endpoint ids (empty until paired), in id order — where membership comes from.
+    pub fn members(&mut self) -> Result<Vec<library_models::Device>, Error> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = library_models::Device::page(&mut self.conn, after, 1_000)?;
+            let Some(last) = page.last() else { return Ok(out) };
+            after = Some(last.uuid);
+            out.extend(page.into_iter().filter(|d| !d.tombstone));
+        }
+    }
+
     /// The connection, for this workspace's tests and tools (an application reads through
     /// [`Library::load`]). Writing to syncable tables through it bypasses the outbox: don't.
     #[doc(hidden)]

@@ -145,6 +145,16 @@ impl TransactionManager {
         self.with(|l| l.clear_conflicts()).await
     }
 
+    /// See [`Library::members`].
+    pub async fn members(&self) -> Result<Vec<library_models::Device>, Error> {
+        self.with(|l| l.members()).await
+    }
+
+    /// See [`Library::outbox_after_seq`].
+    pub async fn outbox_after_seq(&self, after: u64, limit: usize) -> Result<Vec<Change>, Error> {
+        self.with(move |l| l.outbox_after_seq(after, limit)).await
+    }
+
     /// See [`Library::outbox_len`].
     pub async fn outbox_len(&self) -> Result<u64, Error> {
         self.with(|l| l.outbox_len()).await

@@ -52,3 +52,22 @@ fn leadership_state_stays_local_through_the_write_path() {
     assert_eq!(leadership_state(other.conn(), me).unwrap().as_deref(), Some(&b"other"[..]));
     assert_eq!(other.content_hash().unwrap(), lib.content_hash().unwrap());
 }
+
+/// The members are the device rows that are not tombstoned, with their endpoint ids; a
+/// removed (tombstoned) device is no member.
+#[test]
+fn members_are_the_live_device_rows() {
+    let (mut lib, _) = common::memory_library(DeviceId::new_v7(), 1_000);
+    let (a, b) = (Id::new_v7(), Id::new_v7());
+    lib.commit(vec![
+        Op::put(Device::with_id(a, "laptop".into(), "linux".into(), vec![1; 32])),
+        Op::put(Device::with_id(b, "phone".into(), "ios".into(), vec![2; 32])),
+    ])
+    .unwrap();
+    let ids: Vec<Id> = lib.members().unwrap().iter().map(|d| d.uuid).collect();
+    assert_eq!(ids.len(), 2);
+    lib.commit(vec![Op::delete::<Device>(b)]).unwrap();
+    let members = lib.members().unwrap();
+    assert_eq!(members.iter().map(|d| d.uuid).collect::<Vec<_>>(), vec![a]);
+    assert_eq!(members[0].endpoint, vec![1; 32]);
+}

@@ -11,6 +11,13 @@ impl Library {
         self.outbox_after(0, limit)
     }
 
+    /// Unsequenced local changes in whole outbox rows whose last origin seq is after `after`,
+    /// oldest first, while they fit in `limit` changes (at least one row): how a follower
+    /// forwards only what it has not sent yet (pass the last origin seq it sent).
+    pub fn outbox_after_seq(&mut self, after: u64, limit: usize) -> Result<Vec<Change>, Error> {
+        self.outbox_after(i64::try_from(after).unwrap_or(i64::MAX), limit)
+    }
+
     /// Whole outbox rows after origin seq `after`, while they fit in `limit` changes (at least
     /// one row).
     fn outbox_after(&mut self, mut after: i64, limit: usize) -> Result<Vec<Change>, Error> {
