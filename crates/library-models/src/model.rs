@@ -724,20 +724,9 @@ macro_rules! model {
             }
         }
     };
+    // A per-field table is a per-record one with the stamps column.
     (@table per_field, $table:ident, [ $( $field:ident => $sql:ty ),* ], [ $( $lcol:ident => $lsql:ty ),* ]) => {
-        $crate::__private::diesel::table! {
-            #[allow(missing_docs)]
-            $table (uuid) {
-                uuid -> Binary,
-                $( $field -> $sql, )*
-                version -> BigInt,
-                hlc -> BigInt,
-                device_id -> Binary,
-                tombstone -> Bool,
-                field_stamps -> Binary,
-                $( $lcol -> $lsql, )*
-            }
-        }
+        $crate::model!(@table per_record, $table, [ $( $field => $sql ),* ], [ field_stamps => Binary $(, $lcol => $lsql )* ]);
     };
 
     // ---- the struct ----

@@ -3,34 +3,22 @@
 //! floor, failed transactions, durability. Each test names the property it proves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
 
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
-use sync_log::{
-    Change, ChangeType, DeviceId, Epoch, Hlc, LibraryId, LogEntry, OriginKey, Seq, SyncLog,
-    SyncLogStore,
-};
-use uuid::Uuid;
+use sync_log::{Change, Epoch, Hlc, LibraryId, LogEntry, OriginKey, Seq, SyncLog, SyncLogStore};
 
-fn device(n: u128) -> DeviceId {
-    DeviceId(Uuid::from_u128(n))
-}
+use common::device;
 
 fn change(dev: u128, origin_seq: u64) -> Change {
-    Change {
-        origin: OriginKey { device: device(dev), seq: origin_seq },
-        hlc: Hlc::new(1_700_000_000_000 + origin_seq, 0),
-        model: "tag".into(),
-        record: Uuid::from_u128(u128::from(origin_seq) << 8 | dev),
-        change: ChangeType::Update,
-        version: origin_seq,
-        payload: vec![dev as u8; 32],
-    }
+    common::change(dev, origin_seq, 32)
 }
 
 fn changes(dev: u128, range: std::ops::Range<u64>) -> Vec<Change> {
-    range.map(|s| change(dev, s)).collect()
+    common::changes(dev, range, 32)
 }
 
 fn sql(path: &Path, script: &str) {

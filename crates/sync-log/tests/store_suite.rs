@@ -2,33 +2,22 @@
 //! file-backed store and the in-memory stand-in (see [`both`]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
 
 use proptest::prelude::*;
 use sync_log::{
-    Change, ChangeType, Checksum, DeviceId, Epoch, Error, Hlc, LibraryId, LogEntry, OriginKey,
-    Position, Seq, SyncLog, SyncLogStore,
+    Change, Checksum, Epoch, Error, LibraryId, LogEntry, Position, Seq, SyncLog, SyncLogStore,
 };
 use uuid::Uuid;
 
-fn device(n: u128) -> DeviceId {
-    DeviceId(Uuid::from_u128(n))
-}
-
 fn change(dev: u128, origin_seq: u64) -> Change {
-    Change {
-        origin: OriginKey { device: device(dev), seq: origin_seq },
-        hlc: Hlc::new(1_700_000_000_000 + origin_seq, 0),
-        model: "tag".into(),
-        record: Uuid::from_u128(u128::from(origin_seq) << 8 | dev),
-        change: ChangeType::Update,
-        version: origin_seq,
-        payload: vec![dev as u8; 200],
-    }
+    common::change(dev, origin_seq, 200)
 }
 
 fn changes(dev: u128, range: std::ops::Range<u64>) -> Vec<Change> {
-    range.map(|s| change(dev, s)).collect()
+    common::changes(dev, range, 200)
 }
 
 /// Runs `test` against a file-backed store and the in-memory stand-in.

@@ -57,6 +57,7 @@ struct Row {
 }
 
 /// The unsent local changes of this transaction, by record, to compare incoming changes with.
+#[derive(Default)]
 pub(crate) struct Watch {
     local: HashMap<(String, Uuid), Change>,
     found: Vec<(Seq, Change, Change)>,

@@ -91,7 +91,13 @@ impl Library {
         let rekey_floor = self.rekey_floor;
         self.conn.immediate_transaction(|conn| {
             let mut own = OwnEntries::default();
-            let mut watch = crate::conflicts::Watch::load(conn)?;
+            // Only a change from another device can meet an unsent local one: a batch of our
+            // own entries (the leader applying what it just sequenced) reads no outbox here.
+            let mut watch = if fresh.iter().any(|e| e.change.origin.device != device) {
+                crate::conflicts::Watch::load(conn)?
+            } else {
+                crate::conflicts::Watch::default()
+            };
             let mut known: Vec<&LogEntry> = Vec::with_capacity(fresh.len());
             for e in &fresh {
                 hlc.observe(e.change.hlc);
