@@ -45,18 +45,7 @@ impl Log {
     }
 
     async fn wait_for(&self, what: &str, check: impl Fn(&Self) -> bool) {
-        within(what, async {
-            loop {
-                let notified = self.changed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if check(self) {
-                    return;
-                }
-                notified.await;
-            }
-        })
-        .await;
+        wait_notified(&self.changed, what, || check(self)).await;
     }
 }
 

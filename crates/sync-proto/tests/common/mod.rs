@@ -91,18 +91,7 @@ impl Answering {
 
     /// Waits until `check` holds on this handler (checked after every change).
     pub async fn wait_for(&self, what: &str, check: impl Fn(&Self) -> bool) {
-        within(what, async {
-            loop {
-                let notified = self.changed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if check(self) {
-                    return;
-                }
-                notified.await;
-            }
-        })
-        .await;
+        wait_notified(&self.changed, what, || check(self)).await;
     }
 
     pub async fn wait_refusal(&self) -> Refusal {
@@ -403,4 +392,21 @@ pub fn per_kind() -> Vec<BoxedStrategy<Message>> {
 /// Any message of any kind.
 pub fn any_message() -> impl Strategy<Value = Message> {
     proptest::strategy::Union::new(per_kind())
+}
+
+/// Waits (with the common deadline) until `check` holds, re-checking it each time `changed`
+/// is notified; registered before each check, so no notification is missed.
+pub async fn wait_notified(changed: &tokio::sync::Notify, what: &str, check: impl Fn() -> bool) {
+    within(what, async {
+        loop {
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if check() {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await;
 }
