@@ -135,7 +135,7 @@ fn component_version(conn: &mut SqliteConnection, component: &str) -> Result<u32
     let v: Option<String> = library_meta::table
         .find(component_key(component))
         .select(library_meta::value)
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
@@ -194,7 +194,7 @@ pub fn schema_version(conn: &mut SqliteConnection) -> Result<Option<u32>, Error>
     let v: Option<String> = library_meta::table
         .find("schema_version")
         .select(library_meta::value)
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     Ok(v.and_then(|v| v.parse().ok()))
 }

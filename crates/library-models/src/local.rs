@@ -192,7 +192,7 @@ pub fn library_id(conn: &mut SqliteConnection) -> Result<Option<uuid::Uuid>, Err
     let value: Option<String> = library_meta::table
         .find("library_id")
         .select(library_meta::value)
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     value
         .map(|v| {

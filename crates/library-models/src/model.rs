@@ -648,7 +648,7 @@ macro_rules! model {
                 uuid: $crate::Id,
             ) -> $crate::__private::diesel::QueryResult<Option<Self>> {
                 use $crate::__private::diesel::prelude::*;
-                $table::table.find(uuid).select(Self::as_select()).first(conn).optional()
+                $table::table.find(uuid).select(Self::as_select()).get_result(conn).optional()
             }
 
             fn insert_all(
@@ -683,10 +683,20 @@ macro_rules! model {
                 limit: i64,
             ) -> $crate::__private::diesel::QueryResult<Vec<Self>> {
                 use $crate::__private::diesel::prelude::*;
-                let q = $table::table.select(Self::as_select()).order($table::uuid.asc()).limit(limit);
+                // Streamed in id order and cut after `limit` rows (no bound `LIMIT`, which
+                // SQLite re-prepares on every call).
+                let limit = usize::try_from(limit).unwrap_or(0);
+                let q = $table::table.select(Self::as_select()).order($table::uuid.asc());
                 match after {
-                    Some(after) => q.filter($table::uuid.gt(after)).load(conn),
-                    None => q.load(conn),
+                    Some(after) => q
+                        .filter($table::uuid.gt(after))
+                        .load_iter::<Self, $crate::__private::diesel::connection::DefaultLoadingMode>(conn)?
+                        .take(limit)
+                        .collect(),
+                    None => q
+                        .load_iter::<Self, $crate::__private::diesel::connection::DefaultLoadingMode>(conn)?
+                        .take(limit)
+                        .collect(),
                 }
             }
 
@@ -894,7 +904,7 @@ macro_rules! model {
         let stored: (i64, i64, $crate::Id) = $table::table
             .find($crate::Id($change.record))
             .select(($table::version, $table::hlc, $table::device_id))
-            .first($conn)?;
+            .get_result($conn)?;
         let theirs = ($change.version as i64, $change.hlc.0 as i64, $crate::Id($change.origin.device.0));
         if stored == theirs {
             Ok($crate::__private::syncable::Applied::Duplicate)

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use diesel::connection::SimpleConnection;
+use diesel::connection::{DefaultLoadingMode, SimpleConnection};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -470,12 +470,14 @@ impl SyncLogStore {
         if after < self.floor.seq {
             return Err(Error::Pruned { requested: after, floor: self.floor.seq });
         }
+        // Streamed in seq order and cut after `limit` rows: a bound `LIMIT` would make SQLite
+        // re-prepare the statement on every call ("SQLite habits" in docs/ARCHITECTURE.md).
         let rows: Vec<Row> = sync_log::table
             .filter(sync_log::seq.gt(to_db_seq(after)))
             .order(sync_log::seq.asc())
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .select(Row::as_select())
-            .load(&mut self.conn)
+            .load_iter::<Row, DefaultLoadingMode>(&mut self.conn)
+            .and_then(|rows| rows.take(limit).collect())
             .map_err(|e| self.classify(e.into()))?;
         rows.iter().map(entry_from_row).collect::<Result<_, _>>().map_err(|e| self.classify(e))
     }
@@ -688,7 +690,7 @@ impl PrunedOrigins {
         let mut map = HashMap::new();
         let any = sync_pruned_origin::table
             .select(sync_pruned_origin::first_seq)
-            .first::<i64>(conn)
+            .get_result::<i64>(conn)
             .optional()?
             .is_some();
         if any {
@@ -836,8 +838,11 @@ fn checksum_from(bytes: &[u8]) -> Result<Checksum, Error> {
 
 /// The stored entry at `seq`, which must exist (it is between the floor and the head).
 fn entry_at(conn: &mut SqliteConnection, seq: Seq) -> Result<LogEntry, Error> {
-    let row: Option<Row> =
-        sync_log::table.find(to_db_seq(seq)).select(Row::as_select()).first(conn).optional()?;
+    let row: Option<Row> = sync_log::table
+        .find(to_db_seq(seq))
+        .select(Row::as_select())
+        .get_result(conn)
+        .optional()?;
     match row {
         Some(row) => entry_from_row(&row),
         None => Err(Error::Decode(format!("entry {seq} is missing below the head"))),
@@ -850,7 +855,7 @@ fn read_state(conn: &mut SqliteConnection) -> Result<(Position, Position), Error
     let last: Option<(i64, Vec<u8>)> = sync_log::table
         .order(sync_log::seq.desc())
         .select((sync_log::seq, sync_log::checksum))
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     let head = match last {
         None => floor,
@@ -907,8 +912,11 @@ fn checksum_in(
     if seq < floor.seq {
         return Err(Error::Pruned { requested: seq, floor: floor.seq });
     }
-    let bytes: Option<Vec<u8>> =
-        sync_log::table.find(to_db_seq(seq)).select(sync_log::checksum).first(conn).optional()?;
+    let bytes: Option<Vec<u8>> = sync_log::table
+        .find(to_db_seq(seq))
+        .select(sync_log::checksum)
+        .get_result(conn)
+        .optional()?;
     match bytes {
         Some(b) => Ok(Some(checksum_from(&b)?)),
         None => Err(Error::Decode(format!("entry {seq} is missing below the head"))),
@@ -920,7 +928,7 @@ fn find_origin_row(conn: &mut SqliteConnection, origin: &OriginKey) -> Result<Op
         .filter(sync_log::origin_device.eq(origin.device.0.as_bytes().as_slice()))
         .filter(sync_log::origin_seq.eq(to_db(origin.seq)))
         .select(Row::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }
 
@@ -939,7 +947,7 @@ fn find_origin(conn: &mut SqliteConnection, origin: &OriginKey) -> Result<Option
         .filter(sync_log::origin_device.eq(origin.device.0.as_bytes().as_slice()))
         .filter(sync_log::origin_seq.eq(to_db(origin.seq)))
         .select(sync_log::seq)
-        .first::<i64>(conn)
+        .get_result::<i64>(conn)
         .optional()?
         .map(|s| Seq(from_db(s))))
 }
@@ -951,14 +959,14 @@ fn max_origin_seq(conn: &mut SqliteConnection, device: DeviceId) -> Result<Optio
         .filter(sync_log::origin_device.eq(device.0.as_bytes().as_slice()))
         .select(sync_log::origin_seq)
         .order(sync_log::origin_seq.desc())
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     // Ranges are disjoint: the one that starts last ends last.
     let pruned: Option<i64> = sync_pruned_origin::table
         .filter(sync_pruned_origin::origin_device.eq(device.0.as_bytes().as_slice()))
         .order(sync_pruned_origin::first_seq.desc())
         .select(sync_pruned_origin::last_seq)
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     Ok(held.max(pruned).map(from_db))
 }
@@ -1090,7 +1098,7 @@ fn check_integrity_full(conn: &mut SqliteConnection, path: &Path) -> Result<(), 
 }
 
 fn read_meta(conn: &mut SqliteConnection, key: &str) -> Result<Option<String>, Error> {
-    Ok(sync_meta::table.find(key).select(sync_meta::value).first::<String>(conn).optional()?)
+    Ok(sync_meta::table.find(key).select(sync_meta::value).get_result::<String>(conn).optional()?)
 }
 
 fn write_meta(conn: &mut SqliteConnection, key: &str, value: &str) -> Result<(), Error> {

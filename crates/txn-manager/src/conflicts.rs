@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use diesel::connection::DefaultLoadingMode;
 use diesel::prelude::*;
 use library_models::OutboxRow;
 use library_models::schema::{conflict_log, library_meta, outbox};
@@ -68,25 +69,22 @@ impl Watch {
     pub(crate) fn load(conn: &mut SqliteConnection) -> Result<Self, Error> {
         let mut local: HashMap<(String, Uuid), Change> = HashMap::new();
         let mut read = 0usize;
-        let mut after = 0i64;
-        while read < WATCHED_OUTBOX_CHANGES {
-            let rows: Vec<OutboxRow> = outbox::table
-                .filter(outbox::last_origin_seq.gt(after))
-                .order(outbox::last_origin_seq.asc())
-                .limit(64)
-                .select(OutboxRow::as_select())
-                .load(conn)?;
-            let Some(last) = rows.last() else { break };
-            after = last.last_origin_seq;
-            for row in rows {
-                for change in row.decode()? {
-                    read += 1;
-                    if change.change == sync_log::ChangeType::Bulk {
-                        continue;
-                    }
-                    // The latest local change of a record is the one a remote change meets.
-                    local.insert((change.model.clone(), change.record), change);
+        // Streamed in order, no bound `LIMIT` ("SQLite habits" in docs/ARCHITECTURE.md).
+        let rows = outbox::table
+            .order(outbox::last_origin_seq.asc())
+            .select(OutboxRow::as_select())
+            .load_iter::<OutboxRow, DefaultLoadingMode>(conn)?;
+        for row in rows {
+            if read >= WATCHED_OUTBOX_CHANGES {
+                break;
+            }
+            for change in row?.decode()? {
+                read += 1;
+                if change.change == sync_log::ChangeType::Bulk {
+                    continue;
                 }
+                // The latest local change of a record is the one a remote change meets.
+                local.insert((change.model.clone(), change.record), change);
             }
         }
         Ok(Self { local, found: Vec::new() })
@@ -148,7 +146,7 @@ impl Watch {
         }
         let keep = i64::try_from(capacity).unwrap_or(i64::MAX);
         let newest: Option<i64> =
-            conflict_log::table.select(diesel::dsl::max(conflict_log::id)).first(conn)?;
+            conflict_log::table.select(diesel::dsl::max(conflict_log::id)).get_result(conn)?;
         if let Some(newest) = newest {
             let dropped =
                 diesel::delete(conflict_log::table.filter(conflict_log::id.le(newest - keep)))
@@ -170,8 +168,11 @@ impl Watch {
 const DROPPED_KEY: &str = "conflicts_dropped";
 
 pub(crate) fn dropped_count(conn: &mut SqliteConnection) -> Result<u64, Error> {
-    let v: Option<String> =
-        library_meta::table.find(DROPPED_KEY).select(library_meta::value).first(conn).optional()?;
+    let v: Option<String> = library_meta::table
+        .find(DROPPED_KEY)
+        .select(library_meta::value)
+        .get_result(conn)
+        .optional()?;
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 

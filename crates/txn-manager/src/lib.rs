@@ -86,8 +86,8 @@ pub use error::Error;
 pub use hlc::{Clock, DEFAULT_MAX_DRIFT_MS, HybridClock, ManualClock, Observed, SystemClock};
 pub use leadership_store::DeviceLeadershipStore;
 pub use library::{
-    APPLY_BATCH, ApplyReport, BULK_TXN_ROWS, BulkDescription, Config, Event, Kept, Library,
-    RewindReport,
+    APPLY_BATCH, ApplyReport, BULK_TXN_ROWS, BulkDescription, Config, DEVICE_MODEL, Event, Kept,
+    Library, RewindReport, RosterEntry,
 };
 pub use manager::TransactionManager;
 pub use op::Op;

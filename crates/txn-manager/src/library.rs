@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use diesel::connection::DefaultLoadingMode;
 use diesel::prelude::*;
 use library_models::schema::{local_state, outbox, pending_entries, resubmit};
 use library_models::{Id, LibraryModel, LocalState, OutboxRow, PendingRow, ResubmitRow};
@@ -94,6 +95,24 @@ pub struct BulkDescription {
     pub first_hlc: Hlc,
     /// HLC of the last row written.
     pub last_hlc: Hlc,
+}
+
+/// The model whose rows say who belongs to a library ([`library_models::Device`]): a change
+/// of it changes the [`Library::roster`].
+pub const DEVICE_MODEL: &str = <library_models::Device as syncable::Syncable>::MODEL;
+
+/// One device row as membership reads it ([`Library::roster`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RosterEntry {
+    /// The device (the row's id).
+    pub device: DeviceId,
+    /// Its iroh endpoint id, when the row holds one of 32 bytes (the device is paired);
+    /// `None` for an empty or malformed field.
+    pub endpoint: Option<[u8; 32]>,
+    /// The row is tombstoned: the device was removed from the library. Device rows are not
+    /// revivable, so a removal is final.
+    pub removed: bool,
 }
 
 /// What one [`Library::apply_entries`] call did.
@@ -258,7 +277,7 @@ impl Library {
             let state: Option<LocalState> = local_state::table
                 .find(1)
                 .select(LocalState::as_select())
-                .first(conn)
+                .get_result(conn)
                 .optional()?;
             let state = match state {
                 Some(s) if s.device_id.0 != device.0 => {
@@ -497,6 +516,23 @@ impl Library {
         }
     }
 
+    /// Every device row, removed ones included, in id order: where a sync service takes its
+    /// membership from (who may connect, and with which endpoint id).
+    pub fn roster(&mut self) -> Result<Vec<RosterEntry>, Error> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = library_models::Device::page(&mut self.conn, after, 1_000)?;
+            let Some(last) = page.last() else { return Ok(out) };
+            after = Some(last.uuid);
+            out.extend(page.into_iter().map(|d| RosterEntry {
+                device: DeviceId(d.uuid.0),
+                endpoint: <[u8; 32]>::try_from(d.endpoint.as_slice()).ok(),
+                removed: d.tombstone,
+            }));
+        }
+    }
+
     /// The connection, for this workspace's tests and tools (an application reads through
     /// [`Library::load`]). Writing to syncable tables through it bypasses the outbox: don't.
     #[doc(hidden)]
@@ -567,7 +603,7 @@ impl Library {
             .select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
                 "COALESCE(SUM(last_origin_seq - first_origin_seq + 1), 0)",
             ))
-            .first(&mut self.conn)?;
+            .get_result(&mut self.conn)?;
         Ok(from_db(n))
     }
 

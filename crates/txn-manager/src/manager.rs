@@ -150,6 +150,11 @@ impl TransactionManager {
         self.with(|l| l.members()).await
     }
 
+    /// See [`Library::roster`].
+    pub async fn roster(&self) -> Result<Vec<crate::RosterEntry>, Error> {
+        self.with(|l| l.roster()).await
+    }
+
     /// See [`Library::outbox_after_seq`].
     pub async fn outbox_after_seq(&self, after: u64, limit: usize) -> Result<Vec<Change>, Error> {
         self.with(move |l| l.outbox_after_seq(after, limit)).await

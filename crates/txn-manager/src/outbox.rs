@@ -64,7 +64,7 @@ impl OwnEntries {
                     .filter(outbox::last_origin_seq.ge(key))
                     .order(outbox::last_origin_seq.asc())
                     .select(OutboxRow::as_select())
-                    .first(conn)
+                    .get_result(conn)
                     .optional()?;
                 let Some(row) = row.filter(|r| r.first_origin_seq <= key) else { return Ok(()) };
                 let changes = row.decode()?;

@@ -71,3 +71,31 @@ fn members_are_the_live_device_rows() {
     assert_eq!(members.iter().map(|d| d.uuid).collect::<Vec<_>>(), vec![a]);
     assert_eq!(members[0].endpoint, vec![1; 32]);
 }
+
+/// The roster lists every device row: a paired one with its 32-byte endpoint id, one whose
+/// endpoint field is empty or of another length with none (never a truncated or padded key),
+/// and a tombstoned one as removed — also after the removal arrived from another device.
+#[test]
+fn the_roster_lists_paired_unpaired_and_removed_devices() {
+    let (mut lib, _) = common::memory_library(DeviceId::new_v7(), 1_000);
+    let (a, b, c) = (Id::new_v7(), Id::new_v7(), Id::new_v7());
+    lib.commit(vec![
+        Op::put(Device::with_id(a, "laptop".into(), "linux".into(), vec![1; 32])),
+        Op::put(Device::with_id(b, "phone".into(), "ios".into(), Vec::new())),
+        Op::put(Device::with_id(c, "tablet".into(), "ios".into(), vec![3; 31])),
+    ])
+    .unwrap();
+    lib.commit(vec![Op::delete::<Device>(a)]).unwrap();
+    let roster = lib.roster().unwrap();
+    let by_id = |id: Id| roster.iter().find(|r| r.device == DeviceId(id.0)).unwrap();
+    assert_eq!(roster.len(), 3);
+    assert!(by_id(a).removed);
+    assert_eq!((by_id(b).endpoint, by_id(b).removed), (None, false));
+    assert_eq!(by_id(c).endpoint, None, "a malformed key is no key");
+
+    let entries = common::sequence(&lib.outbox(10).unwrap());
+    let (mut other, _) = common::memory_library(DeviceId::new_v7(), 1_000);
+    other.apply_entries(&entries).unwrap();
+    assert_eq!(other.roster().unwrap(), roster, "the same roster on a device that applied it");
+    assert!(entries.iter().all(|e| e.change.model == txn_manager::DEVICE_MODEL));
+}

@@ -187,7 +187,7 @@ pub(super) fn settle_resubmit(
         .filter(resubmit::origin_device.eq(Id(change.origin.device.0)))
         .filter(resubmit::origin_seq.eq(to_db(change.origin.seq)))
         .select(ResubmitRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     let Some(row) = row else { return Ok(Resubmit::None) };
     let stored = row.decode()?;

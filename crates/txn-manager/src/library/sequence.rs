@@ -20,25 +20,25 @@ impl Library {
 
     /// Whole outbox rows after origin seq `after`, while they fit in `limit` changes (at least
     /// one row).
-    fn outbox_after(&mut self, mut after: i64, limit: usize) -> Result<Vec<Change>, Error> {
+    ///
+    /// The rows are streamed in order and the read stops at the first that does not fit (no
+    /// bound `LIMIT`: see "SQLite habits" in docs/ARCHITECTURE.md).
+    fn outbox_after(&mut self, after: i64, limit: usize) -> Result<Vec<Change>, Error> {
         let mut changes = Vec::new();
-        loop {
-            let rows: Vec<OutboxRow> = outbox::table
-                .filter(outbox::last_origin_seq.gt(after))
-                .order(outbox::last_origin_seq.asc())
-                .limit(64)
-                .select(OutboxRow::as_select())
-                .load(&mut self.conn)?;
-            let Some(last) = rows.last() else { return Ok(changes) };
-            after = last.last_origin_seq;
-            for row in rows {
-                let row_len = from_db(row.last_origin_seq - row.first_origin_seq + 1);
-                if !changes.is_empty() && changes.len() as u64 + row_len > limit as u64 {
-                    return Ok(changes);
-                }
-                changes.extend(row.decode()?);
+        let rows = outbox::table
+            .filter(outbox::last_origin_seq.gt(after))
+            .order(outbox::last_origin_seq.asc())
+            .select(OutboxRow::as_select())
+            .load_iter::<OutboxRow, DefaultLoadingMode>(&mut self.conn)?;
+        for row in rows {
+            let row = row?;
+            let row_len = from_db(row.last_origin_seq - row.first_origin_seq + 1);
+            if !changes.is_empty() && changes.len() as u64 + row_len > limit as u64 {
+                break;
             }
+            changes.extend(row.decode()?);
         }
+        Ok(changes)
     }
 
     /// Leader: moves every outbox row into the sync log (`append` is idempotent by origin
