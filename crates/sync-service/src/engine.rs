@@ -78,6 +78,28 @@ struct Forwarded {
     pending: bool,
 }
 
+/// A write to the library and its log, run in one blocking call with the reads that follow
+/// it (see [`Engine::write`]).
+enum Write {
+    /// Leader: sequence the outbox and re-submissions.
+    Sequence(Epoch),
+    /// Apply what the log holds beyond the library (after an append of submits).
+    CatchUp,
+    /// Follower: entries from the leader.
+    Receive(Vec<LogEntry>),
+}
+
+/// What a [`Write`] left: the new head and applied seq, and (when asked) the entries after a
+/// seq, read in the same call so the leader pushes them without another round trip.
+struct Written {
+    head: Position,
+    applied: Seq,
+    fresh: Option<Vec<LogEntry>>,
+}
+
+/// Positions of the entries pushed last, so most acks are checked without reading the log.
+const RECENT: usize = 4_096;
+
 /// Everything the engine needs at start.
 pub(crate) struct EngineParts {
     pub(crate) config: Config,
@@ -125,6 +147,8 @@ pub(crate) struct Engine {
 
     head: Position,
     applied: Seq,
+    /// Consecutive positions of recently pushed or applied entries (oldest first).
+    recent: std::collections::VecDeque<Position>,
     /// Leader: entries up to here were pushed.
     pushed_through: Seq,
     /// Leader: the outbox (or a resubmit) waits to be sequenced.
@@ -182,6 +206,7 @@ impl Engine {
             peers: HashMap::new(),
             head: Position::default(),
             applied: Seq::ZERO,
+            recent: std::collections::VecDeque::new(),
             pushed_through: Seq::ZERO,
             sequence_due: false,
             submits: Vec::new(),
@@ -269,20 +294,93 @@ impl Engine {
     }
 
     async fn refresh(&mut self) {
-        match self.log.head().await {
-            Ok(head) => self.head = head,
-            Err(e) => self.fail("reading the log head", &e),
+        let log = self.log.clone();
+        let read =
+            self.tm.with(move |l| Ok((log.with_blocking(|s| Ok(s.head()))?, l.applied_seq())));
+        match read.await {
+            Ok((head, applied)) => self.set_position(head, applied),
+            Err(e) => self.fail("reading the log head and the applied seq", &e),
         }
-        match self.tm.applied_seq().await {
-            Ok(applied) => {
-                if applied > self.applied {
-                    self.progress = Instant::now();
-                }
-                self.applied = applied;
-            }
-            Err(e) => self.fail("reading the applied seq", &e),
+    }
+
+    fn set_position(&mut self, head: Position, applied: Seq) {
+        if applied > self.applied {
+            self.progress = Instant::now();
         }
+        if head.seq < self.head.seq {
+            self.recent.clear(); // rewound
+        }
+        self.head = head;
+        self.applied = applied;
         let _ = self.driver.set_position(leadership::LogPosition(self.head.seq.0));
+    }
+
+    /// Runs `write` and, in the same blocking call, reads the new head, the applied seq and
+    /// (with `read_after = Some(seq)`) the entries after `seq` when there are at most
+    /// [`Config::push_max`]: one trip to the blocking pool per batch on the hot path.
+    async fn write(
+        &mut self,
+        write: Write,
+        read_after: Option<Seq>,
+    ) -> Result<Written, txn_manager::Error> {
+        let log = self.log.clone();
+        let push_max = self.cfg.push_max as u64;
+        let written = self
+            .tm
+            .with(move |l| {
+                log.with_blocking(|s| {
+                    let result = match write {
+                        Write::Sequence(epoch) => l.sequence(s, epoch).map(|_| ()),
+                        Write::CatchUp => l.catch_up(s).map(|_| ()),
+                        Write::Receive(entries) => l.receive(s, &entries).map(|_| ()),
+                    };
+                    if let Err(e) = result {
+                        return Ok(Err(e));
+                    }
+                    let head = s.head();
+                    let fresh = match read_after {
+                        Some(after) if head.seq > after && head.seq.0 - after.0 <= push_max => {
+                            Some(s.read_after(after, (head.seq.0 - after.0) as usize)?)
+                        }
+                        _ => None,
+                    };
+                    Ok(Ok(Written { head, applied: l.applied_seq(), fresh }))
+                })?
+            })
+            .await;
+        match written {
+            Ok(w) => {
+                self.set_position(w.head, w.applied);
+                Ok(w)
+            }
+            Err(e) => {
+                self.refresh().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Remembers the positions of consecutive `entries` (for checking acks in memory).
+    fn remember(&mut self, entries: &[LogEntry]) {
+        for e in entries {
+            if self.recent.back().is_some_and(|p| p.seq.next() != e.seq) {
+                self.recent.clear();
+            }
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(e.position());
+        }
+    }
+
+    /// The checksum at `seq` if it is the head or among the recent entries.
+    fn known_checksum(&self, seq: Seq) -> Option<sync_log::Checksum> {
+        if seq == self.head.seq {
+            return Some(self.head.checksum);
+        }
+        let first = self.recent.front()?.seq;
+        let i = usize::try_from(seq.0.checked_sub(first.0)?).ok()?;
+        self.recent.get(i).filter(|p| p.seq == seq).map(|p| p.checksum)
     }
 
     async fn refresh_counts(&mut self) {
@@ -502,7 +600,11 @@ impl Engine {
         if theirs.seq > self.head.seq || theirs.seq == Seq::ZERO {
             return;
         }
-        match self.log.checksum_at(theirs.seq).await {
+        let ours = match self.known_checksum(theirs.seq) {
+            Some(ours) => Ok(Some(ours)),
+            None => self.log.checksum_at(theirs.seq).await,
+        };
+        match ours {
             Ok(Some(ours)) if ours != theirs.checksum => {
                 info!(library = %self.library, %peer, seq = %theirs.seq, "follower diverged");
                 self.send(
@@ -710,10 +812,10 @@ impl Engine {
             return;
         }
         let before = self.applied;
-        match self.tm.receive(self.log.clone(), entries.clone()).await {
+        match self.write(Write::Receive(entries.clone()), None).await {
             Ok(_) => {
-                self.refresh().await;
                 let fresh: Vec<LogEntry> = entries.into_iter().filter(|e| e.seq > before).collect();
+                self.remember(&fresh);
                 // Our forwarded changes came back: the next ones can go (a backlog larger than
                 // one submit moves a page per round trip, not a page per resend timeout).
                 if fresh.iter().any(|e| e.change.origin.device == self.me) {
@@ -928,22 +1030,27 @@ impl Engine {
         if self.can_sequence() != Some(term) {
             return;
         }
-        let result = if self.sequence_due {
+        let write = if self.sequence_due {
             self.sequence_due = false;
-            self.tm.sequence(self.log.clone(), epoch).await.map(|_| ())
+            Some(Write::Sequence(epoch))
         } else if appended {
-            self.tm.catch_up(self.log.clone()).await.map(|_| ())
+            Some(Write::CatchUp)
         } else if self.head.seq > self.pushed_through {
-            Ok(())
+            None
         } else {
             return;
         };
-        if let Err(e) = result {
-            self.fail("sequencing", &e);
-            self.sequence_due = true;
+        let mut fresh = None;
+        if let Some(write) = write {
+            match self.write(write, Some(self.pushed_through)).await {
+                Ok(written) => fresh = written.fresh,
+                Err(e) => {
+                    self.fail("sequencing", &e);
+                    self.sequence_due = true;
+                }
+            }
         }
-        self.refresh().await;
-        self.push(term).await;
+        self.push(term, fresh).await;
     }
 
     /// Appends the changes of `submits` in one transaction and answers each sender with the
@@ -986,23 +1093,30 @@ impl Engine {
         }
     }
 
-    async fn push(&mut self, term: Term) {
+    /// Pushes the entries after `pushed_through` up to the head: `fresh` when it is exactly
+    /// that range (read with the write), else read here; a range above `push_max` as a notice.
+    async fn push(&mut self, term: Term, fresh: Option<Vec<LogEntry>>) {
         if self.head.seq <= self.pushed_through {
             return;
         }
         let first = self.pushed_through.next();
         let count = (self.head.seq.0 - self.pushed_through.0) as usize;
-        let entries = if count <= self.cfg.push_max {
-            match self.log.read_after(self.pushed_through, count).await {
-                Ok(entries) => entries,
-                Err(e) => {
-                    self.fail("reading entries to push", &e);
-                    return;
+        let exact =
+            |e: &Vec<LogEntry>| e.len() == count && e.first().is_some_and(|f| f.seq == first);
+        let entries = match fresh {
+            Some(entries) if exact(&entries) => entries,
+            _ if count <= self.cfg.push_max => {
+                match self.log.read_after(self.pushed_through, count).await {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        self.fail("reading entries to push", &e);
+                        return;
+                    }
                 }
             }
-        } else {
-            Vec::new()
+            _ => Vec::new(),
         };
+        self.remember(&entries);
         self.emit_applied(&entries);
         let epoch = wire::epoch_from_l(term.epoch);
         let latest = self.head.seq;
