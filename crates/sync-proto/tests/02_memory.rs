@@ -54,7 +54,7 @@ async fn handshake_establishes_session_with_peer_state() {
     let mut session = p.client.connect(addr(id(1)), local(library(1), device(2), 4)).await.unwrap();
     let info = session.info().clone();
     assert_eq!(info.role, Role::Dialer);
-    assert_eq!(info.version, ProtocolVersion(1));
+    assert_eq!(info.version, VersionRange::SUPPORTED.max);
     assert_eq!(info.peer.device, device(1));
     assert_eq!(info.peer.endpoint, id(1));
     assert_eq!(info.peer.position, local(library(1), device(1), 10).position);
@@ -109,28 +109,38 @@ async fn foreign_library_is_refused() {
     p.net.shutdown().await;
 }
 
-/// With no common protocol version, both sides get an error naming both ranges.
+/// With no common protocol version, both sides get an error naming both ranges: a newer
+/// build (v3..=v4) and a version-1 build (which cannot take part in leadership, so this build
+/// no longer speaks v1) are both refused with `version-mismatch`.
 #[tokio::test]
 async fn version_mismatch_names_both_ranges_on_both_sides() {
-    let p = pair(5);
-    let mut newer = ProtoConfig::default();
-    newer.versions = VersionRange::new(2, 3);
-    let client_table = MemberTable::new();
-    client_table.add(library(1), id(1), device(1));
-    p.server_table.add(library(1), id(3), device(3));
-    let client = p.net.add_node(id(3), client_table, Answering::new([]), newer);
-    let err = client.connect(addr(id(1)), local(library(1), device(3), 0)).await.unwrap_err();
-    match &err {
-        ProtoError::VersionMismatch { ours, theirs } => {
-            assert_eq!((*ours, *theirs), (VersionRange::new(2, 3), VersionRange::new(1, 1)));
+    assert_eq!(VersionRange::SUPPORTED, VersionRange::new(2, 2));
+    for (n, (theirs, text)) in
+        [(VersionRange::new(3, 4), "v3..=v4"), (VersionRange::new(1, 1), "v1..=v1")]
+            .into_iter()
+            .enumerate()
+    {
+        let p = pair(5 + n as u64);
+        let mut other = ProtoConfig::default();
+        other.versions = theirs;
+        let client_table = MemberTable::new();
+        client_table.add(library(1), id(1), device(1));
+        p.server_table.add(library(1), id(3), device(3));
+        let client = p.net.add_node(id(3), client_table, Answering::new([]), other);
+        let err = client.connect(addr(id(1)), local(library(1), device(3), 0)).await.unwrap_err();
+        match &err {
+            ProtoError::VersionMismatch { ours, theirs: supported } => {
+                assert_eq!((*ours, *supported), (theirs, VersionRange::SUPPORTED));
+            }
+            other => panic!("expected a version mismatch, got {other}"),
         }
-        other => panic!("expected a version mismatch, got {other}"),
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains(text) && err.to_string().contains("v2..=v2"), "{err}");
+        let refusal = p.server.wait_refusal().await;
+        assert_eq!(refusal.code, ErrorCode::VERSION_MISMATCH);
+        assert!(refusal.text.contains(&format!("ours v2..=v2, theirs {text}")), "{}", refusal.text);
+        p.net.shutdown().await;
     }
-    assert!(err.to_string().contains("v2..=v3") && err.to_string().contains("v1..=v1"), "{err}");
-    let refusal = p.server.wait_refusal().await;
-    assert_eq!(refusal.code, ErrorCode::VERSION_MISMATCH);
-    assert!(refusal.text.contains("ours v1..=v1, theirs v2..=v3"), "{}", refusal.text);
-    p.net.shutdown().await;
 }
 
 /// Delay and jitter on a lane never reorder it: 200 pings sent with random delays arrive in
