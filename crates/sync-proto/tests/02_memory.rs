@@ -226,6 +226,53 @@ async fn drops_are_seeded_and_replayable() {
     assert_eq!(delivered(1, 0.0).await.len(), 64);
 }
 
+/// A duplicating lane delivers a frame twice in a row, from the seed alone: at probability 1
+/// every ping arrives exactly twice, each copy right after its original and in the order
+/// sent, while the handshake (set up under the same faults) is never duplicated; at 0 nothing
+/// is; at 0.5 some are, the same ones for the same seed.
+#[tokio::test]
+async fn duplicates_are_seeded_and_keep_order() {
+    async fn received(seed: u64, probability: f64) -> Vec<u64> {
+        let p = pair(seed);
+        let faults = Faults { duplicate_probability: probability, ..Faults::NONE };
+        p.net.set_faults(id(2), id(1), faults);
+        p.net.set_faults(id(1), id(2), faults);
+        let mut session =
+            p.client.connect(addr(id(1)), local(library(1), device(2), 4)).await.unwrap();
+        for n in 0..64 {
+            session.send(&ping(n)).await.unwrap();
+        }
+        p.net.set_faults(id(2), id(1), Faults::NONE);
+        session.send(&ping(u64::MAX)).await.unwrap();
+        let mut pongs = Vec::new();
+        loop {
+            match within("pong", session.recv()).await.unwrap() {
+                Some(Message::Pong(pong)) if pong.nonce == u64::MAX => break,
+                Some(Message::Pong(pong)) => pongs.push(pong.nonce),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let mut nonces = p.server.nonces.lock().unwrap().clone();
+        assert_eq!(nonces.pop(), Some(u64::MAX));
+        // Each ping is answered once per copy, and the answers may be duplicated in turn.
+        let mut answered = pongs.clone();
+        answered.dedup();
+        let mut distinct = nonces.clone();
+        distinct.dedup();
+        assert_eq!(distinct, (0..64).collect::<Vec<_>>(), "order kept, copies adjacent");
+        assert_eq!(answered, distinct, "pongs in order, copies adjacent");
+        assert!(nonces.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])), "at most twice");
+        p.net.shutdown().await;
+        nonces
+    }
+    let all = received(11, 1.0).await;
+    assert_eq!(all, (0..64).flat_map(|n| [n, n]).collect::<Vec<_>>());
+    assert_eq!(received(11, 0.0).await, (0..64).collect::<Vec<_>>());
+    let some = received(42, 0.5).await;
+    assert!(some.len() > 64 && some.len() < 128, "{} frames for 64 pings", some.len());
+    assert_eq!(some, received(42, 0.5).await, "same seed, same duplicates");
+}
+
 /// Cutting a link fails both sides at once with a retryable ConnectionLost, even with frames
 /// still queued; a new session can be made right after.
 #[tokio::test(start_paused = true)]
