@@ -578,6 +578,22 @@ impl MessageKind {
     pub const fn is_handshake_only(self) -> bool {
         matches!(self, Self::Hello | Self::HelloAck | Self::VersionMismatch)
     }
+
+    /// The first protocol version that knows this kind. A session refuses to send a kind
+    /// newer than its negotiated version ([`ProtoError::NotAllowed`](crate::ProtoError)),
+    /// and closes with [`ErrorCode::PROTOCOL_ERROR`] when the peer sends one.
+    ///
+    /// ```
+    /// use sync_proto::{MessageKind, ProtocolVersion};
+    /// assert_eq!(MessageKind::Heartbeat.since(), ProtocolVersion(1));
+    /// assert_eq!(MessageKind::Claim.since(), ProtocolVersion(2));
+    /// ```
+    pub const fn since(self) -> ProtocolVersion {
+        match self {
+            Self::Claim | Self::Presence => ProtocolVersion(2),
+            _ => ProtocolVersion(1),
+        }
+    }
 }
 
 impl fmt::Display for MessageKind {

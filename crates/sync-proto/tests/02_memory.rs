@@ -143,6 +143,53 @@ async fn version_mismatch_names_both_ranges_on_both_sides() {
     }
 }
 
+/// A kind is sent only to a peer whose negotiated version knows it: on a session that
+/// negotiated v1 (a build configured for v1..=v2 meeting a v1 build) a Claim or a Presence is
+/// refused locally with NotAllowed, nothing is sent and the session stays usable; on a v2
+/// session the same Claim goes through.
+#[tokio::test]
+async fn kinds_newer_than_the_negotiated_version_are_not_sent() {
+    println!("memory network seed: 9");
+    let net = MemoryNetwork::new(9);
+    let server_table = MemberTable::new();
+    server_table.add(library(1), id(2), device(2));
+    server_table.add(library(1), id(3), device(3));
+    let mut both = ProtoConfig::default();
+    both.versions = VersionRange::new(1, 2);
+    let server = Answering::new([local(library(1), device(1), 0)]);
+    net.add_node(id(1), server_table, Arc::clone(&server), both);
+    let client_table = MemberTable::new();
+    client_table.add(library(1), id(1), device(1));
+    let mut v1 = ProtoConfig::default();
+    v1.versions = VersionRange::new(1, 1);
+    let old = net.add_node(id(2), client_table.clone(), Answering::new([]), v1);
+    let new = net.add_node(id(3), client_table, Answering::new([]), ProtoConfig::default());
+    let claim = Message::Claim(Claim {
+        epoch: sync_log::Epoch(2),
+        device: device(2),
+        position: sync_log::Seq(0),
+    });
+    let presence = Message::Presence(Presence {
+        device: device(2),
+        epoch: sync_log::Epoch(2),
+        follows: Follows::Nobody,
+    });
+    let mut session = old.connect(addr(id(1)), local(library(1), device(2), 0)).await.unwrap();
+    assert_eq!(session.info().version, ProtocolVersion(1));
+    for msg in [&claim, &presence] {
+        match session.send(msg).await {
+            Err(ProtoError::NotAllowed { kind, .. }) => assert_eq!(kind, msg.kind()),
+            other => panic!("{}: expected NotAllowed, got {other:?}", msg.kind()),
+        }
+    }
+    round_trip(&mut session, 1).await;
+    let mut session = new.connect(addr(id(1)), local(library(1), device(3), 0)).await.unwrap();
+    assert_eq!(session.info().version, ProtocolVersion(2));
+    session.send(&claim).await.unwrap();
+    round_trip(&mut session, 2).await;
+    net.shutdown().await;
+}
+
 /// Delay and jitter on a lane never reorder it: 200 pings sent with random delays arrive in
 /// the order sent.
 #[tokio::test(start_paused = true)]
