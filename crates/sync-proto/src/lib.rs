@@ -110,9 +110,9 @@ pub use membership::{Lookup, MemberTable, Membership};
 #[cfg(feature = "test-util")]
 pub use memory::{Faults, MemoryConnector, MemoryNetwork};
 pub use message::{
-    Ack, Assigned, Divergence, Entries, ErrorCode, ErrorMessage, Fetch, Heartbeat, Hello, HelloAck,
-    Message, MessageKind, Ping, Pong, Push, PushNotice, SnapshotChunk, SnapshotEnd, SnapshotFetch,
-    SnapshotRequired, Submit, SubmitAck, VersionMismatch,
+    Ack, Assigned, Claim, Divergence, Entries, ErrorCode, ErrorMessage, Fetch, Follows, Heartbeat,
+    Hello, HelloAck, Message, MessageKind, Ping, Pong, Presence, Push, PushNotice, SnapshotChunk,
+    SnapshotEnd, SnapshotFetch, SnapshotRequired, Submit, SubmitAck, VersionMismatch,
 };
 pub use net::{
     IrohConnector, SYNC_ALPN, SyncProtocol, bind_loopback, bind_loopback_with, loopback_addr,

@@ -15,6 +15,10 @@
 //! - **Drop** (`drop_probability`, per frame): the frame silently vanishes. A QUIC stream
 //!   never does this while the connection lives; use it to model what the service sees across
 //!   reconnects (messages in flight lost) and to test acks, retries and idempotency.
+//! - **Duplicate** (`duplicate_probability`, per frame): a delivered frame arrives twice in a
+//!   row. QUIC never does this either; it models a message re-sent after a reconnect or a
+//!   retry, and tests that receivers are idempotent (a push, submit or ack handled twice).
+//!   Handshake frames are never duplicated. The copy takes its own room in the lane's window.
 //! - **Cut** ([`MemoryNetwork::cut`], [`MemoryNetwork::partition`], removing a node): the link
 //!   dies at once; queued frames are lost and both sides get [`ProtoError::ConnectionLost`]
 //!   (retryable). A partition also refuses new connections until healed.
@@ -58,7 +62,7 @@ use crate::error::ProtoError;
 use crate::frame;
 use crate::handshake::{self, Acceptor};
 use crate::membership::Membership;
-use crate::message::ErrorCode;
+use crate::message::{ErrorCode, MessageKind};
 use crate::registry::Registry;
 use crate::session::{
     BoxFuture, Connector, Link, LinkCtl, LocalState, OutFrame, ProtoConfig, Received, RecvLink,
@@ -66,10 +70,19 @@ use crate::session::{
 };
 
 /// Faults injected on the frames one node sends to another.
+///
+/// Build one from [`Faults::NONE`] with struct update syntax (`Faults { jitter, ..Faults::NONE
+/// }`), so a fault added later leaves the literal compiling and off.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Faults {
     /// Probability in `0.0..=1.0` that a frame is silently lost.
     pub drop_probability: f64,
+    /// Probability in `0.0..=1.0` that a frame that is not dropped is delivered twice, the
+    /// copy right after the original (nothing else on the lane comes between them; order is
+    /// otherwise kept). Frames of the handshake (`Hello`, `HelloAck`, `VersionMismatch`) are
+    /// never duplicated: a second one ends any session with `protocol-error`, so it would test
+    /// nothing else.
+    pub duplicate_probability: f64,
     /// Fixed delay added to every frame.
     pub delay: Duration,
     /// Extra random delay in `0..=jitter` per frame (order within a lane is kept).
@@ -78,8 +91,12 @@ pub struct Faults {
 
 impl Faults {
     /// No faults.
-    pub const NONE: Self =
-        Self { drop_probability: 0.0, delay: Duration::ZERO, jitter: Duration::ZERO };
+    pub const NONE: Self = Self {
+        drop_probability: 0.0,
+        duplicate_probability: 0.0,
+        delay: Duration::ZERO,
+        jitter: Duration::ZERO,
+    };
 }
 
 type AcceptFn =
@@ -569,6 +586,32 @@ impl MemSend {
         let len = frame.header.len() + frame.payload.len();
         let permits = u32::try_from(len).unwrap_or(u32::MAX).min(self.window);
         // Flow control: wait for the reader to have taken enough.
+        self.acquire(permits).await?;
+        let mut bytes = Vec::with_capacity(len);
+        bytes.extend_from_slice(&frame.header);
+        bytes.extend_from_slice(&frame.payload);
+        let jitter = u64::try_from(faults.jitter.as_nanos()).unwrap_or(u64::MAX);
+        let jitter = if jitter == 0 { 0 } else { self.rng.random_range(0..=jitter) };
+        let due = (Instant::now() + faults.delay + Duration::from_nanos(jitter)).max(self.last_due);
+        self.last_due = due;
+        let frame = Bytes::from(bytes);
+        let duplicate = faults.duplicate_probability > 0.0
+            && !is_handshake_frame(&frame)
+            && self.rng.random_bool(faults.duplicate_probability.min(1.0));
+        self.enqueue(Envelope { due, frame: frame.clone(), permits })?;
+        if duplicate {
+            // The original is on its way: if the link fails now, only the copy is lost, and the
+            // next send reports the failure.
+            if self.acquire(permits).await.is_ok() {
+                tracing::debug!(link = self.link.shared.id, "memory link duplicated a frame");
+                let _ = self.enqueue(Envelope { due, frame, permits });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `permits` bytes of the lane's window, waiting for the reader to make room.
+    async fn acquire(&self, permits: u32) -> Result<(), ProtoError> {
         let permit = tokio::select! {
             permit = self.credit.acquire_many(permits) => permit.map_err(|_| {
                 ProtoError::ConnectionLost("memory lane gone".into())
@@ -580,14 +623,11 @@ impl MemSend {
             }
         };
         permit.forget();
-        let mut bytes = Vec::with_capacity(len);
-        bytes.extend_from_slice(&frame.header);
-        bytes.extend_from_slice(&frame.payload);
-        let jitter = u64::try_from(faults.jitter.as_nanos()).unwrap_or(u64::MAX);
-        let jitter = if jitter == 0 { 0 } else { self.rng.random_range(0..=jitter) };
-        let due = (Instant::now() + faults.delay + Duration::from_nanos(jitter)).max(self.last_due);
-        self.last_due = due;
-        let envelope = Envelope { due, frame: Bytes::from(bytes), permits };
+        Ok(())
+    }
+
+    /// Puts a frame on the lane.
+    fn enqueue(&self, envelope: Envelope) -> Result<(), ProtoError> {
         match &self.tx {
             Some(tx) => tx.send(envelope).map_err(|_| {
                 self.link.error().unwrap_or_else(|| {
@@ -597,6 +637,14 @@ impl MemSend {
             None => Err(ProtoError::LocallyClosed),
         }
     }
+}
+
+/// Whether an encoded frame is one of the handshake's (by its kind code).
+fn is_handshake_frame(frame: &[u8]) -> bool {
+    frame
+        .get(4..frame::HEADER_LEN)
+        .and_then(|code| MessageKind::from_code(u16::from_be_bytes([code[0], code[1]])))
+        .is_some_and(MessageKind::is_handshake_only)
 }
 
 impl SendLink for MemSend {

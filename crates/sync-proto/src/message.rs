@@ -225,6 +225,128 @@ pub struct Heartbeat {
     pub seq: Seq,
 }
 
+/// Any member → any member: a candidate in a leadership election stands for `epoch`.
+///
+/// Sent once the candidate has saved its new epoch. The protocol carries it; the leadership
+/// rules (rank = highest `position`, then highest device id) are the service's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The epoch the candidate stands for.
+    pub epoch: Epoch,
+    /// The candidate (the sender; a receiver drops a claim naming another device than the
+    /// session's peer).
+    pub device: DeviceId,
+    /// How far the candidate has applied the log (its last applied seq).
+    pub position: Seq,
+}
+
+/// Any member → any member, periodically: the sender is reachable, has seen `epoch`, and
+/// follows [`Follows`].
+///
+/// Every member that does not lead sends one to every other member each heartbeat interval:
+/// it is how a leader knows it is not alone, and how a follower knows another member is
+/// reachable before it claims.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// The sender (a receiver drops a presence naming another device than the session's peer).
+    pub device: DeviceId,
+    /// The highest epoch the sender has seen.
+    pub epoch: Epoch,
+    /// The term the sender follows, or explicitly none.
+    pub follows: Follows,
+}
+
+/// Whom the sender of a [`Presence`] follows.
+///
+/// The protocol has no optional values: on the wire this is always the same three fields,
+/// `{ following: bool, epoch: Epoch, leader: DeviceId }`. [`Follows::Nobody`] is
+/// `following = false` with `epoch` 0 and the nil `leader`; a frame with `following = false`
+/// and any other epoch or leader is refused as [`FrameError::Malformed`](crate::FrameError).
+///
+/// ```
+/// use sync_log::{DeviceId, Epoch};
+/// use sync_proto::Follows;
+/// let term = Follows::Leader { epoch: Epoch(3), leader: DeviceId(uuid::Uuid::from_u128(7)) };
+/// assert_eq!(term.term(), Some((Epoch(3), DeviceId(uuid::Uuid::from_u128(7)))));
+/// assert_eq!(Follows::Nobody.term(), None);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "FollowsWire", try_from = "FollowsWire")]
+pub enum Follows {
+    /// The sender follows no leader (it knows none, or it is electing one).
+    Nobody,
+    /// The sender follows the term `(epoch, leader)`.
+    Leader {
+        /// The followed term's epoch.
+        epoch: Epoch,
+        /// The followed term's leader.
+        leader: DeviceId,
+    },
+}
+
+impl Follows {
+    /// The followed term `(epoch, leader)`, if any.
+    pub fn term(self) -> Option<(Epoch, DeviceId)> {
+        match self {
+            Self::Nobody => None,
+            Self::Leader { epoch, leader } => Some((epoch, leader)),
+        }
+    }
+}
+
+impl From<Option<(Epoch, DeviceId)>> for Follows {
+    fn from(term: Option<(Epoch, DeviceId)>) -> Self {
+        term.map_or(Self::Nobody, |(epoch, leader)| Self::Leader { epoch, leader })
+    }
+}
+
+/// The wire form of [`Follows`]: a flag and a term that is all zeros when the flag is off.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct FollowsWire {
+    following: bool,
+    epoch: Epoch,
+    leader: DeviceId,
+}
+
+impl From<Follows> for FollowsWire {
+    fn from(follows: Follows) -> Self {
+        match follows {
+            Follows::Nobody => {
+                Self { following: false, epoch: Epoch(0), leader: DeviceId(uuid::Uuid::nil()) }
+            }
+            Follows::Leader { epoch, leader } => Self { following: true, epoch, leader },
+        }
+    }
+}
+
+/// A [`FollowsWire`] with `following = false` that still names an epoch or a leader.
+#[derive(Debug)]
+pub(crate) struct InconsistentFollows(FollowsWire);
+
+impl fmt::Display for InconsistentFollows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "presence follows no leader but names epoch {} and leader {}",
+            self.0.epoch.0, self.0.leader.0
+        )
+    }
+}
+
+impl TryFrom<FollowsWire> for Follows {
+    type Error = InconsistentFollows;
+
+    fn try_from(wire: FollowsWire) -> Result<Self, Self::Error> {
+        match wire {
+            FollowsWire { following: true, epoch, leader } => Ok(Self::Leader { epoch, leader }),
+            FollowsWire { following: false, epoch: Epoch(0), leader } if leader.0.is_nil() => {
+                Ok(Self::Nobody)
+            }
+            inconsistent => Err(InconsistentFollows(inconsistent)),
+        }
+    }
+}
+
 /// Follower → leader: outbox changes to sequence. Re-submitting is harmless: the leader
 /// sequences each origin key at most once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,6 +540,11 @@ messages! {
     14 => Ack(Ack),
     /// Leader → follower: epoch, leader and seq, periodically.
     15 => Heartbeat(Heartbeat),
+    /// Any member → any member: a candidate stands for an epoch (protocol v2).
+    16 => Claim(Claim),
+    /// Any member → any member, periodically: reachable, epoch seen, leader followed
+    /// (protocol v2).
+    17 => Presence(Presence),
     /// Follower → leader: outbox changes to sequence.
     20 => Submit(Submit),
     /// Leader → follower: origin key → global seq for a submit.
@@ -450,6 +577,22 @@ impl MessageKind {
     /// ```
     pub const fn is_handshake_only(self) -> bool {
         matches!(self, Self::Hello | Self::HelloAck | Self::VersionMismatch)
+    }
+
+    /// The first protocol version that knows this kind. A session refuses to send a kind
+    /// newer than its negotiated version ([`ProtoError::NotAllowed`](crate::ProtoError)),
+    /// and closes with [`ErrorCode::PROTOCOL_ERROR`] when the peer sends one.
+    ///
+    /// ```
+    /// use sync_proto::{MessageKind, ProtocolVersion};
+    /// assert_eq!(MessageKind::Heartbeat.since(), ProtocolVersion(1));
+    /// assert_eq!(MessageKind::Claim.since(), ProtocolVersion(2));
+    /// ```
+    pub const fn since(self) -> ProtocolVersion {
+        match self {
+            Self::Claim | Self::Presence => ProtocolVersion(2),
+            _ => ProtocolVersion(1),
+        }
     }
 }
 

@@ -359,6 +359,8 @@ struct Core {
     send: tokio::sync::Mutex<Option<Box<dyn SendLink>>>,
     frame: FrameConfig,
     linger: Duration,
+    /// The negotiated protocol version: kinds newer than it are neither sent nor accepted.
+    version: ProtocolVersion,
     /// The nonce of an unanswered idle probe (0: none).
     probe: AtomicU64,
     on_drop: Mutex<Option<OnDrop>>,
@@ -457,6 +459,7 @@ impl Session {
             send: tokio::sync::Mutex::new(Some(send)),
             frame: config.frame,
             linger: config.close_linger,
+            version: info.version,
             probe: AtomicU64::new(0),
             on_drop: Mutex::new(None),
         });
@@ -534,8 +537,10 @@ impl SessionSender {
     /// the session.
     ///
     /// Refused locally, with the session still usable: a message too large for this side's
-    /// maximum frame ([`FrameError::Oversize`](crate::FrameError::Oversize)) and a
-    /// handshake-only kind ([`ProtoError::NotAllowed`]). A frame above the *peer's* maximum
+    /// maximum frame ([`FrameError::Oversize`](crate::FrameError::Oversize)), a
+    /// handshake-only kind, and a kind newer than the session's negotiated version
+    /// ([`MessageKind::since`](crate::MessageKind::since)), both [`ProtoError::NotAllowed`]. A
+    /// frame above the *peer's* maximum
     /// makes the peer close the session with [`ErrorCode::FRAME_TOO_LARGE`]: this send, or the
     /// next operation, fails with [`ProtoError::Closed`] and that code.
     pub async fn send(&mut self, msg: &Message) -> Result<(), ProtoError> {
@@ -543,6 +548,12 @@ impl SessionSender {
             return Err(ProtoError::NotAllowed {
                 kind: msg.kind(),
                 why: "handshake messages are sent by the handshake only",
+            });
+        }
+        if msg.kind().since() > self.core.version {
+            return Err(ProtoError::NotAllowed {
+                kind: msg.kind(),
+                why: "the session's protocol version does not know this kind",
             });
         }
         send_on(&self.core, msg).await
@@ -631,8 +642,8 @@ impl SessionReceiver {
     ///
     /// Closes the connection, and returns the error, when the peer breaks the protocol: a
     /// frame above this side's maximum ([`ErrorCode::FRAME_TOO_LARGE`]); a truncated, unknown
-    /// or malformed frame, or a handshake-only message after the handshake
-    /// ([`ErrorCode::PROTOCOL_ERROR`]); a frame that does not complete within
+    /// or malformed frame, a handshake-only message after the handshake, or a kind newer than
+    /// the session's negotiated version ([`ErrorCode::PROTOCOL_ERROR`]); a frame that does not complete within
     /// [`ProtoConfig::frame_timeout`], or silence for twice [`ProtoConfig::idle_timeout`]
     /// with the probe in between unanswered ([`ErrorCode::TIMEOUT`]). The text of a peer's
     /// `Error` message is sanitised and capped like a close reason.
@@ -652,6 +663,15 @@ impl SessionReceiver {
                             let err = ProtoError::NotAllowed {
                                 kind: m.kind(),
                                 why: "handshake message after the handshake",
+                            };
+                            tracing::info!(%err, "peer broke the protocol; closing the session");
+                            self.core.link.terminate(err.code(), &err.to_string());
+                            return Err(err);
+                        }
+                        m if m.kind().since() > self.core.version => {
+                            let err = ProtoError::NotAllowed {
+                                kind: m.kind(),
+                                why: "a kind newer than the session's protocol version",
                             };
                             tracing::info!(%err, "peer broke the protocol; closing the session");
                             self.core.link.terminate(err.code(), &err.to_string());

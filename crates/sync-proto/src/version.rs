@@ -35,8 +35,11 @@ pub struct VersionRange {
 }
 
 impl VersionRange {
-    /// The versions this build speaks.
-    pub const SUPPORTED: Self = Self::new(1, 1);
+    /// The versions this build speaks: 2 only. Version 2 added the leadership kinds
+    /// ([`Claim`](crate::Claim), [`Presence`](crate::Presence)); a version-1 build cannot take
+    /// part in leadership, so it gets a clean version mismatch rather than a session in which
+    /// it could never follow an election (docs/protocol.md, "Versions").
+    pub const SUPPORTED: Self = Self::new(2, 2);
 
     /// The range `min..=max`.
     pub const fn new(min: u16, max: u16) -> Self {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
+use sync_log::{DeviceId, Epoch};
 use sync_proto::frame::{self, FrameReader, FrameWriter, HEADER_LEN};
 use sync_proto::*;
 
@@ -63,6 +64,11 @@ round_trips! {
     ack_round_trips => ack();
     /// Every Heartbeat survives encode → frame → decode unchanged.
     heartbeat_round_trips => heartbeat();
+    /// Every Claim survives encode → frame → decode unchanged.
+    claim_round_trips => claim();
+    /// Every Presence, following a leader or explicitly none, survives encode → frame →
+    /// decode unchanged.
+    presence_round_trips => presence();
     /// Every Submit survives encode → frame → decode unchanged.
     submit_round_trips => submit();
     /// Every SubmitAck survives encode → frame → decode unchanged.
@@ -113,6 +119,8 @@ fn kind_codes_are_the_documented_ones() {
             (13, "Entries"),
             (14, "Ack"),
             (15, "Heartbeat"),
+            (16, "Claim"),
+            (17, "Presence"),
             (20, "Submit"),
             (21, "SubmitAck"),
             (30, "SnapshotRequired"),
@@ -401,4 +409,68 @@ proptest! {
             }
         }
     }
+}
+
+/// A presence payload: `device`, `epoch`, then the three fields of `follows` as raw bytes.
+fn presence_frame(following: u8, leader_epoch: &[u8], leader: u128) -> Vec<u8> {
+    let mut body = MessageKind::Presence.code().to_be_bytes().to_vec();
+    body.push(16);
+    body.extend_from_slice(&7u128.to_be_bytes());
+    body.push(5);
+    body.push(following);
+    body.extend_from_slice(leader_epoch);
+    body.push(16);
+    body.extend_from_slice(&leader.to_be_bytes());
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// "Follows no leader" has exactly one encoding — `following = false` with epoch 0 and the
+/// nil leader. A presence with `following = false` that still names an epoch or a leader is
+/// refused as a typed `Malformed` error of kind Presence (never read as "nobody", never a
+/// panic); `following = true` with any term, and the one "nobody" encoding, decode.
+#[test]
+fn presence_following_nobody_with_a_term_is_refused() {
+    let device = DeviceId(uuid::Uuid::from_u128(7));
+    for (what, frame) in [
+        ("nonzero epoch", presence_frame(0, &[3], 0)),
+        ("nonzero epoch, wide varint", presence_frame(0, &[251, 0, 1], 0)),
+        ("nonzero leader", presence_frame(0, &[0], 9)),
+        ("both", presence_frame(0, &[3], 9)),
+        ("bool 2", presence_frame(2, &[3], 9)),
+    ] {
+        match frame::decode_frame(&frame, &cfg()) {
+            Err(FrameError::Malformed { kind: MessageKind::Presence, .. }) => {}
+            other => panic!("{what}: expected Malformed Presence, got {other:?}"),
+        }
+    }
+    let decoded = |frame: Vec<u8>| frame::decode_frame(&frame, &cfg()).unwrap().0;
+    assert_eq!(
+        decoded(presence_frame(0, &[0], 0)),
+        Message::Presence(Presence { device, epoch: Epoch(5), follows: Follows::Nobody })
+    );
+    let leader = DeviceId(uuid::Uuid::from_u128(9));
+    assert_eq!(
+        decoded(presence_frame(1, &[3], 9)),
+        Message::Presence(Presence {
+            device,
+            epoch: Epoch(5),
+            follows: Follows::Leader { epoch: Epoch(3), leader },
+        })
+    );
+    // Following a term whose fields happen to be zero is still following: the flag decides.
+    assert_eq!(
+        decoded(presence_frame(1, &[0], 0)),
+        Message::Presence(Presence {
+            device,
+            epoch: Epoch(5),
+            follows: Follows::Leader { epoch: Epoch(0), leader: DeviceId(uuid::Uuid::nil()) },
+        })
+    );
+    assert_eq!(
+        frame::encode_frame(&decoded(presence_frame(0, &[0], 0)), &cfg()).unwrap(),
+        presence_frame(0, &[0], 0),
+        "nobody encodes as the all-zero term"
+    );
 }

@@ -54,7 +54,7 @@ async fn handshake_establishes_session_with_peer_state() {
     let mut session = p.client.connect(addr(id(1)), local(library(1), device(2), 4)).await.unwrap();
     let info = session.info().clone();
     assert_eq!(info.role, Role::Dialer);
-    assert_eq!(info.version, ProtocolVersion(1));
+    assert_eq!(info.version, VersionRange::SUPPORTED.max);
     assert_eq!(info.peer.device, device(1));
     assert_eq!(info.peer.endpoint, id(1));
     assert_eq!(info.peer.position, local(library(1), device(1), 10).position);
@@ -109,28 +109,85 @@ async fn foreign_library_is_refused() {
     p.net.shutdown().await;
 }
 
-/// With no common protocol version, both sides get an error naming both ranges.
+/// With no common protocol version, both sides get an error naming both ranges: a newer
+/// build (v3..=v4) and a version-1 build (which cannot take part in leadership, so this build
+/// no longer speaks v1) are both refused with `version-mismatch`.
 #[tokio::test]
 async fn version_mismatch_names_both_ranges_on_both_sides() {
-    let p = pair(5);
-    let mut newer = ProtoConfig::default();
-    newer.versions = VersionRange::new(2, 3);
+    assert_eq!(VersionRange::SUPPORTED, VersionRange::new(2, 2));
+    for (n, (theirs, text)) in
+        [(VersionRange::new(3, 4), "v3..=v4"), (VersionRange::new(1, 1), "v1..=v1")]
+            .into_iter()
+            .enumerate()
+    {
+        let p = pair(5 + n as u64);
+        let mut other = ProtoConfig::default();
+        other.versions = theirs;
+        let client_table = MemberTable::new();
+        client_table.add(library(1), id(1), device(1));
+        p.server_table.add(library(1), id(3), device(3));
+        let client = p.net.add_node(id(3), client_table, Answering::new([]), other);
+        let err = client.connect(addr(id(1)), local(library(1), device(3), 0)).await.unwrap_err();
+        match &err {
+            ProtoError::VersionMismatch { ours, theirs: supported } => {
+                assert_eq!((*ours, *supported), (theirs, VersionRange::SUPPORTED));
+            }
+            other => panic!("expected a version mismatch, got {other}"),
+        }
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains(text) && err.to_string().contains("v2..=v2"), "{err}");
+        let refusal = p.server.wait_refusal().await;
+        assert_eq!(refusal.code, ErrorCode::VERSION_MISMATCH);
+        assert!(refusal.text.contains(&format!("ours v2..=v2, theirs {text}")), "{}", refusal.text);
+        p.net.shutdown().await;
+    }
+}
+
+/// A kind is sent only to a peer whose negotiated version knows it: on a session that
+/// negotiated v1 (a build configured for v1..=v2 meeting a v1 build) a Claim or a Presence is
+/// refused locally with NotAllowed, nothing is sent and the session stays usable; on a v2
+/// session the same Claim goes through.
+#[tokio::test]
+async fn kinds_newer_than_the_negotiated_version_are_not_sent() {
+    println!("memory network seed: 9");
+    let net = MemoryNetwork::new(9);
+    let server_table = MemberTable::new();
+    server_table.add(library(1), id(2), device(2));
+    server_table.add(library(1), id(3), device(3));
+    let mut both = ProtoConfig::default();
+    both.versions = VersionRange::new(1, 2);
+    let server = Answering::new([local(library(1), device(1), 0)]);
+    net.add_node(id(1), server_table, Arc::clone(&server), both);
     let client_table = MemberTable::new();
     client_table.add(library(1), id(1), device(1));
-    p.server_table.add(library(1), id(3), device(3));
-    let client = p.net.add_node(id(3), client_table, Answering::new([]), newer);
-    let err = client.connect(addr(id(1)), local(library(1), device(3), 0)).await.unwrap_err();
-    match &err {
-        ProtoError::VersionMismatch { ours, theirs } => {
-            assert_eq!((*ours, *theirs), (VersionRange::new(2, 3), VersionRange::new(1, 1)));
+    let mut v1 = ProtoConfig::default();
+    v1.versions = VersionRange::new(1, 1);
+    let old = net.add_node(id(2), client_table.clone(), Answering::new([]), v1);
+    let new = net.add_node(id(3), client_table, Answering::new([]), ProtoConfig::default());
+    let claim = Message::Claim(Claim {
+        epoch: sync_log::Epoch(2),
+        device: device(2),
+        position: sync_log::Seq(0),
+    });
+    let presence = Message::Presence(Presence {
+        device: device(2),
+        epoch: sync_log::Epoch(2),
+        follows: Follows::Nobody,
+    });
+    let mut session = old.connect(addr(id(1)), local(library(1), device(2), 0)).await.unwrap();
+    assert_eq!(session.info().version, ProtocolVersion(1));
+    for msg in [&claim, &presence] {
+        match session.send(msg).await {
+            Err(ProtoError::NotAllowed { kind, .. }) => assert_eq!(kind, msg.kind()),
+            other => panic!("{}: expected NotAllowed, got {other:?}", msg.kind()),
         }
-        other => panic!("expected a version mismatch, got {other}"),
     }
-    assert!(err.to_string().contains("v2..=v3") && err.to_string().contains("v1..=v1"), "{err}");
-    let refusal = p.server.wait_refusal().await;
-    assert_eq!(refusal.code, ErrorCode::VERSION_MISMATCH);
-    assert!(refusal.text.contains("ours v1..=v1, theirs v2..=v3"), "{}", refusal.text);
-    p.net.shutdown().await;
+    round_trip(&mut session, 1).await;
+    let mut session = new.connect(addr(id(1)), local(library(1), device(3), 0)).await.unwrap();
+    assert_eq!(session.info().version, ProtocolVersion(2));
+    session.send(&claim).await.unwrap();
+    round_trip(&mut session, 2).await;
+    net.shutdown().await;
 }
 
 /// Delay and jitter on a lane never reorder it: 200 pings sent with random delays arrive in
@@ -214,6 +271,53 @@ async fn drops_are_seeded_and_replayable() {
     assert!(!a.is_empty() && a.len() < 64, "{} of 64 delivered", a.len());
     assert!(delivered(1, 1.0).await.is_empty());
     assert_eq!(delivered(1, 0.0).await.len(), 64);
+}
+
+/// A duplicating lane delivers a frame twice in a row, from the seed alone: at probability 1
+/// every ping arrives exactly twice, each copy right after its original and in the order
+/// sent, while the handshake (set up under the same faults) is never duplicated; at 0 nothing
+/// is; at 0.5 some are, the same ones for the same seed.
+#[tokio::test]
+async fn duplicates_are_seeded_and_keep_order() {
+    async fn received(seed: u64, probability: f64) -> Vec<u64> {
+        let p = pair(seed);
+        let faults = Faults { duplicate_probability: probability, ..Faults::NONE };
+        p.net.set_faults(id(2), id(1), faults);
+        p.net.set_faults(id(1), id(2), faults);
+        let mut session =
+            p.client.connect(addr(id(1)), local(library(1), device(2), 4)).await.unwrap();
+        for n in 0..64 {
+            session.send(&ping(n)).await.unwrap();
+        }
+        p.net.set_faults(id(2), id(1), Faults::NONE);
+        session.send(&ping(u64::MAX)).await.unwrap();
+        let mut pongs = Vec::new();
+        loop {
+            match within("pong", session.recv()).await.unwrap() {
+                Some(Message::Pong(pong)) if pong.nonce == u64::MAX => break,
+                Some(Message::Pong(pong)) => pongs.push(pong.nonce),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let mut nonces = p.server.nonces.lock().unwrap().clone();
+        assert_eq!(nonces.pop(), Some(u64::MAX));
+        // Each ping is answered once per copy, and the answers may be duplicated in turn.
+        let mut answered = pongs.clone();
+        answered.dedup();
+        let mut distinct = nonces.clone();
+        distinct.dedup();
+        assert_eq!(distinct, (0..64).collect::<Vec<_>>(), "order kept, copies adjacent");
+        assert_eq!(answered, distinct, "pongs in order, copies adjacent");
+        assert!(nonces.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])), "at most twice");
+        p.net.shutdown().await;
+        nonces
+    }
+    let all = received(11, 1.0).await;
+    assert_eq!(all, (0..64).flat_map(|n| [n, n]).collect::<Vec<_>>());
+    assert_eq!(received(11, 0.0).await, (0..64).collect::<Vec<_>>());
+    let some = received(42, 0.5).await;
+    assert!(some.len() > 64 && some.len() < 128, "{} frames for 64 pings", some.len());
+    assert_eq!(some, received(42, 0.5).await, "same seed, same duplicates");
 }
 
 /// Cutting a link fails both sides at once with a retryable ConnectionLost, even with frames

@@ -172,19 +172,19 @@ async fn version_mismatch_names_both_ranges_on_both_sides() {
     let table = MemberTable::new();
     table.add(library(1), id(1), device(1));
     let mut newer = ProtoConfig::default();
-    newer.versions = VersionRange::new(2, 3);
+    newer.versions = VersionRange::new(3, 4);
     let dialer = IrohConnector::new(endpoint.clone(), table, newer);
     let err = dialer.connect(node.addr.clone(), local(library(1), device(2), 0)).await.unwrap_err();
     match &err {
         ProtoError::VersionMismatch { ours, theirs } => {
-            assert_eq!((*ours, *theirs), (VersionRange::new(2, 3), VersionRange::new(1, 1)));
+            assert_eq!((*ours, *theirs), (VersionRange::new(3, 4), VersionRange::SUPPORTED));
         }
         other => panic!("expected a version mismatch, got {other}"),
     }
     assert!(!err.is_retryable());
     let refusal = node.handler.wait_refusal().await;
     assert_eq!(refusal.code, ErrorCode::VERSION_MISMATCH);
-    assert!(refusal.text.contains("ours v1..=v1, theirs v2..=v3"), "{}", refusal.text);
+    assert!(refusal.text.contains("ours v2..=v2, theirs v3..=v4"), "{}", refusal.text);
     endpoint.close().await;
     node.serves_legit_peer().await;
     node.stop().await;

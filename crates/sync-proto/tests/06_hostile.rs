@@ -610,6 +610,53 @@ async fn handshake_messages_after_the_handshake_are_protocol_errors() {
     router.shutdown().await.unwrap();
 }
 
+/// A peer that negotiated version 1 and then sends a kind version 1 does not know (a Claim)
+/// breaks the protocol: the node closes the session with PROTOCOL_ERROR and never hands the
+/// message to the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_newer_than_the_negotiated_version_is_a_protocol_error() {
+    let server_ep = bind_loopback(Some(key(1))).await.unwrap();
+    let addr = loopback_addr(&server_ep);
+    let table = MemberTable::new();
+    table.add(library(1), id(2), device(2));
+    table.add(library(1), id(3), device(3));
+    let handler = Answering::new([local(library(1), device(1), 0)]);
+    let mut config = ProtoConfig::default();
+    config.versions = VersionRange::new(1, 2);
+    let router = Router::builder(server_ep)
+        .accept(SYNC_ALPN, SyncProtocol::new(table, Arc::clone(&handler), config))
+        .spawn();
+    let ep = attacker(2).await;
+    let conn = raw(&ep, &addr).await;
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let hello = Message::Hello(Hello {
+        versions: VersionRange::new(1, 1),
+        library: library(1),
+        device: device(2),
+        epoch: sync_log::Epoch(0),
+        position: sync_log::Position::default(),
+        models: vec![],
+    });
+    send.write_all(&frame::encode_frame(&hello, &FrameConfig::default()).unwrap()).await.unwrap();
+    let mut reader = FrameReader::new(recv, FrameConfig::default());
+    match within("hello ack", reader.read()).await.unwrap() {
+        Some(Message::HelloAck(ack)) => assert_eq!(ack.version, ProtocolVersion(1)),
+        other => panic!("expected a hello-ack, got {other:?}"),
+    }
+    let claim = Message::Claim(Claim {
+        epoch: sync_log::Epoch(1),
+        device: device(2),
+        position: sync_log::Seq(0),
+    });
+    send.write_all(&frame::encode_frame(&claim, &FrameConfig::default()).unwrap()).await.unwrap();
+    assert_eq!(close_code(&conn).await, ErrorCode::PROTOCOL_ERROR);
+    handler.wait_for("session end", |h| h.ends.lock().unwrap().len() == 1).await;
+    assert!(handler.ends.lock().unwrap()[0].contains("not allowed"));
+    ep.close().await;
+    legit_member_is_served(&addr).await;
+    router.shutdown().await.unwrap();
+}
+
 // ---- 6. the connect timeout covers the whole connect ----
 
 /// The dialer's timeout bounds the whole connect: QUIC connection (here slowed by a dropped

@@ -205,6 +205,24 @@ fn cases() -> Vec<(&'static str, Message)> {
             Heartbeat { epoch: Epoch(7), leader: device_b(), seq: Seq(u64::from(u16::MAX)) }.into(),
         ),
         (
+            "claim",
+            Claim { epoch: Epoch(300), device: device_a(), position: Seq(5_000_000_000) }.into(),
+        ),
+        ("claim/empty-log", Claim { epoch: Epoch(1), device: device_b(), position: Seq(0) }.into()),
+        (
+            "presence",
+            Presence {
+                device: device_a(),
+                epoch: Epoch(70_000),
+                follows: Follows::Leader { epoch: Epoch(251), leader: device_b() },
+            }
+            .into(),
+        ),
+        (
+            "presence/follows-nobody",
+            Presence { device: device_b(), epoch: Epoch(7), follows: Follows::Nobody }.into(),
+        ),
+        (
             "submit",
             Submit {
                 changes: vec![
@@ -604,6 +622,63 @@ mod json {
     }
 
     #[derive(Serialize, Deserialize)]
+    #[serde(remote = "Claim", deny_unknown_fields)]
+    pub(crate) struct ClaimDef {
+        #[serde(with = "dec")]
+        epoch: Epoch,
+        device: DeviceId,
+        #[serde(with = "dec")]
+        position: Seq,
+    }
+
+    /// `Follows` as the spec lays it out: a flag, then a term that is all zeros when the flag
+    /// is off.
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct FollowsJson {
+        following: bool,
+        #[serde(with = "dec")]
+        epoch: Epoch,
+        leader: DeviceId,
+    }
+
+    pub(crate) mod follows {
+        use super::*;
+
+        pub(crate) fn serialize<S: Serializer>(v: &Follows, s: S) -> Result<S::Ok, S::Error> {
+            match *v {
+                Follows::Nobody => {
+                    FollowsJson { following: false, epoch: Epoch(0), leader: DeviceId(Uuid::nil()) }
+                }
+                Follows::Leader { epoch, leader } => FollowsJson { following: true, epoch, leader },
+            }
+            .serialize(s)
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Follows, D::Error> {
+            match FollowsJson::deserialize(d)? {
+                FollowsJson { following: true, epoch, leader } => {
+                    Ok(Follows::Leader { epoch, leader })
+                }
+                FollowsJson { following: false, epoch: Epoch(0), leader } if leader.0.is_nil() => {
+                    Ok(Follows::Nobody)
+                }
+                _ => Err(D::Error::custom("follows no leader but names a term")),
+            }
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "Presence", deny_unknown_fields)]
+    pub(crate) struct PresenceDef {
+        device: DeviceId,
+        #[serde(with = "dec")]
+        epoch: Epoch,
+        #[serde(with = "follows")]
+        follows: Follows,
+    }
+
+    #[derive(Serialize, Deserialize)]
     #[serde(remote = "Submit", deny_unknown_fields)]
     pub(crate) struct SubmitDef {
         #[serde(with = "changes")]
@@ -703,6 +778,8 @@ mod json {
         Entries(#[serde(with = "EntriesDef")] Entries),
         Ack(#[serde(with = "AckDef")] Ack),
         Heartbeat(#[serde(with = "HeartbeatDef")] Heartbeat),
+        Claim(#[serde(with = "ClaimDef")] Claim),
+        Presence(#[serde(with = "PresenceDef")] Presence),
         Submit(#[serde(with = "SubmitDef")] Submit),
         SubmitAck(#[serde(with = "SubmitAckDef")] SubmitAck),
         SnapshotRequired(#[serde(with = "SnapshotRequiredDef")] SnapshotRequired),
@@ -921,6 +998,9 @@ mod spec {
     use std::collections::BTreeMap;
 
     use serde_json::{Map, Value, json};
+
+    /// The nil UUID in the golden file's form.
+    const NIL: &str = "00000000-0000-0000-0000-000000000000";
 
     /// A type of the layout language.
     #[derive(Clone, Debug)]
@@ -1294,6 +1374,13 @@ mod spec {
                 Ty::Named(name) => {
                     let ty = &self.spec.types[name];
                     let v = self.value(ty, path)?;
+                    // Byte rule 12: a `Follows` that follows nobody has exactly one encoding.
+                    if name == "Follows"
+                        && v["following"] == json!(false)
+                        && (v["epoch"] != json!("0") || v["leader"] != json!(NIL))
+                    {
+                        return Err(format!("{path}: follows nobody but names a term"));
+                    }
                     if let Some(last) = self.reads.last_mut()
                         && matches!(ty, Ty::Enum(_))
                     {
@@ -1391,6 +1478,12 @@ fn the_golden_frames_cover_every_width_variant_and_shape() {
         reads.iter().filter(|(_, r)| r.what == what).map(|(_, r)| r.value.to_string()).collect()
     };
     assert_eq!(values("bool"), BTreeSet::from(["false".into(), "true".into()]));
+    let following: BTreeSet<String> = reads
+        .iter()
+        .filter(|(_, r)| r.path == "follows.following")
+        .map(|(_, r)| r.value.to_string())
+        .collect();
+    assert_eq!(following, BTreeSet::from(["false".into(), "true".into()]), "both Follows forms");
     let variants: BTreeSet<String> = values("enum ChangeType");
     let all: BTreeSet<String> =
         ["Insert", "Update", "Delete", "Bulk"].iter().map(|v| format!("{v:?}")).collect();
@@ -1461,9 +1554,10 @@ fn widened(name: &str, path: &str, marker: u8, n: usize) -> Vec<u8> {
 
 /// Every encoding the spec says is refused — a varint marker wider than its field even when
 /// the value fits, markers 254 and 255, a bool other than 0/1, a UUID of another length than
-/// 16, an enum index with no variant, invalid UTF-8, trailing bytes, a truncated payload, a
-/// count beyond the payload — is refused by the spec decoder and by the real decoder, the
-/// latter as a typed `Malformed` error.
+/// 16, an enum index with no variant, invalid UTF-8, a `Follows` that follows nobody but names
+/// an epoch or a leader, trailing bytes, a truncated payload, a count beyond the payload — is
+/// refused by the spec decoder and by the real decoder, the latter as a typed `Malformed`
+/// error.
 #[test]
 fn both_decoders_refuse_the_encodings_the_spec_refuses() {
     let spec = the_spec();
@@ -1499,6 +1593,17 @@ fn both_decoders_refuse_the_encodings_the_spec_refuses() {
         ("length beyond the payload", at("ping", "payload.len", &[251, 0x10, 0x27])),
     ];
     cases.push(("u64 length with a u128 marker", widened("ping", "payload.len", 254, 16)));
+    let nobody = "presence/follows-nobody";
+    cases.push(("follows nobody, with an epoch", at(nobody, "follows.epoch", &[3])));
+    cases.push(("follows nobody, with a wide epoch", at(nobody, "follows.epoch", &[251, 0, 1])));
+    let with_leader = {
+        let (frame, read) = field(nobody, "follows.leader.len");
+        let mut leader = [0u8; 16];
+        leader[15] = 1;
+        splice(&frame, read.end, read.end + 16, &leader)
+    };
+    cases.push(("follows nobody, with a leader", with_leader));
+    cases.push(("follows flag 2", at(nobody, "follows.following", &[2])));
     for (what, frame) in cases {
         assert!(spec.decode_frame(&frame).is_err(), "{what}: the spec decoder accepted it");
         match frame::decode_frame(&frame, &FrameConfig::default()) {

@@ -646,7 +646,7 @@ impl Engine {
     async fn on_message(&mut self, peer: DeviceId, msg: Message) {
         // Leadership messages were handed to the driver by the session's reader already.
         if let Some(decoded) = wire::decode(&msg) {
-            if let Ok(LMessage::Heartbeat { term, position }) = decoded
+            if let LMessage::Heartbeat { term, position } = decoded
                 && wire::from_l(term.leader) == peer
             {
                 self.on_heartbeat(peer, Seq(position.0));

@@ -146,18 +146,12 @@ pub(crate) async fn run_session(session: Session, ctx: SessionCtx) {
         loop {
             match receiver.recv().await {
                 Ok(Some(msg)) => {
-                    if let Some(decoded) = wire::decode(&msg) {
-                        match decoded {
-                            Ok(lm) => {
-                                let heartbeat = matches!(lm, leadership::Message::Heartbeat { .. });
-                                deliver(peer, lm);
-                                if heartbeat {
-                                    // The engine reads the leader's newest seq from it.
-                                    let _ =
-                                        inbox.try_send(FromPeer::Msg { peer, session: id, msg });
-                                }
-                            }
-                            Err(e) => debug!(error = %e, "bad leadership message"),
+                    if let Some(lm) = wire::decode(&msg) {
+                        let heartbeat = matches!(lm, leadership::Message::Heartbeat { .. });
+                        deliver(peer, lm);
+                        if heartbeat {
+                            // The engine reads the leader's newest seq from it.
+                            let _ = inbox.try_send(FromPeer::Msg { peer, session: id, msg });
                         }
                         continue;
                     }

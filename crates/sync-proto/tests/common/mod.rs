@@ -306,6 +306,23 @@ pub fn heartbeat() -> impl Strategy<Value = Message> {
         .prop_map(|(epoch, leader, seq)| Message::Heartbeat(Heartbeat { epoch, leader, seq }))
 }
 
+pub fn claim() -> impl Strategy<Value = Message> {
+    (any_epoch(), any_device(), any_seq())
+        .prop_map(|(epoch, device, position)| Message::Claim(Claim { epoch, device, position }))
+}
+
+pub fn any_follows() -> impl Strategy<Value = Follows> {
+    prop_oneof![
+        Just(Follows::Nobody),
+        (any_epoch(), any_device()).prop_map(|(epoch, leader)| Follows::Leader { epoch, leader }),
+    ]
+}
+
+pub fn presence() -> impl Strategy<Value = Message> {
+    (any_device(), any_epoch(), any_follows())
+        .prop_map(|(device, epoch, follows)| Message::Presence(Presence { device, epoch, follows }))
+}
+
 pub fn submit() -> impl Strategy<Value = Message> {
     prop::collection::vec(any_change(), 0..6)
         .prop_map(|changes| Message::Submit(Submit { changes }))
@@ -377,6 +394,8 @@ pub fn per_kind() -> Vec<BoxedStrategy<Message>> {
         entries().boxed(),
         ack().boxed(),
         heartbeat().boxed(),
+        claim().boxed(),
+        presence().boxed(),
         submit().boxed(),
         submit_ack().boxed(),
         snapshot_required().boxed(),

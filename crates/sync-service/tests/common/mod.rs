@@ -6,7 +6,7 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use iroh::{EndpointAddr, EndpointId, SecretKey};
 use leadership::MemoryStore;
 use library_models::Tag;
-use sync_log::{DeviceId, LibraryId, SyncLog};
+use sync_log::{DeviceId, LibraryId, OriginKey, Seq, SyncLog};
 use sync_proto::{Faults, MemberTable, MemoryNetwork, ProtoConfig};
 use sync_service::{Acceptor, Config, FirstStart, Member, Role, ServiceParams, SyncService};
 use tempfile::TempDir;
@@ -56,6 +56,8 @@ pub struct Device {
     pub dir: TempDir,
     pub store: Arc<MemoryStore>,
     pub svc: Option<SyncService>,
+    /// The device's sync log, while it runs (the service holds the same one).
+    pub log: Option<SyncLog>,
     pub creator: bool,
 }
 
@@ -86,6 +88,7 @@ impl Cluster {
                 dir: tempfile::tempdir().unwrap(),
                 store: Arc::new(MemoryStore::new()),
                 svc: None,
+                log: None,
                 creator: i == 0,
             })
             .collect();
@@ -113,6 +116,7 @@ impl Cluster {
         let (lib_path, log_path) = self.paths(i);
         let d = &self.devices[i];
         let log = SyncLog::open_or_create(log_path, self.library).await.unwrap();
+        let log_handle = log.clone();
         let registry = syncable::Registry::from_inventory().unwrap();
         let tm = TransactionManager::open(
             lib_path,
@@ -147,6 +151,7 @@ impl Cluster {
         params.seed = self.seed.wrapping_add(i as u64);
         let svc = SyncService::start(params, connector).await.unwrap();
         self.devices[i].svc = Some(svc);
+        self.devices[i].log = Some(log_handle);
     }
 
     pub fn svc(&self, i: usize) -> &SyncService {
@@ -158,6 +163,7 @@ impl Cluster {
         if let Some(svc) = self.devices[i].svc.take() {
             svc.abort();
         }
+        self.devices[i].log = None;
         self.net.remove_node(&self.devices[i].endpoint);
     }
 
@@ -166,6 +172,7 @@ impl Cluster {
         if let Some(svc) = self.devices[i].svc.take() {
             svc.shutdown().await.unwrap();
         }
+        self.devices[i].log = None;
         self.net.remove_node(&self.devices[i].endpoint);
     }
 
@@ -196,6 +203,16 @@ impl Cluster {
 
     pub fn set_faults(&self, from: usize, to: usize, faults: Faults) {
         self.net.set_faults(self.devices[from].endpoint, self.devices[to].endpoint, faults);
+    }
+
+    /// The same faults on every link, both ways.
+    pub fn set_faults_everywhere(&self, faults: Faults) {
+        let n = self.devices.len();
+        for a in 0..n {
+            for b in (0..n).filter(|&b| b != a) {
+                self.set_faults(a, b, faults);
+            }
+        }
     }
 
     /// Commits one new tag on device `i`; remembers it as acknowledged.
@@ -342,6 +359,47 @@ impl Cluster {
                 self.describe()
             );
         }
+    }
+
+    /// How many times each origin key appears in running device `i`'s log (read through the
+    /// log's own API, from seq 0).
+    pub async fn origin_counts(&self, i: usize) -> BTreeMap<OriginKey, usize> {
+        let log = self.devices[i].log.as_ref().expect("device is running");
+        let mut counts = BTreeMap::new();
+        let mut after = Seq(0);
+        loop {
+            let page = log.read_after(after, 1000).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for entry in &page {
+                *counts.entry(entry.change.origin).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Device `i`'s log holds every origin key any running device has handed out — each
+    /// device's keys `1..=` its last — exactly once, and no other.
+    pub async fn assert_each_origin_sequenced_once(&self, i: usize) {
+        let mut expected = BTreeMap::new();
+        for &d in &self.running() {
+            let last =
+                self.svc(d).transaction_manager().with(|l| Ok(l.origin_seq())).await.unwrap();
+            for seq in 1..=last {
+                expected.insert(OriginKey { device: self.devices[d].id, seq }, 1);
+            }
+        }
+        let counts = self.origin_counts(i).await;
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "seed {}: sequenced more than once: {twice:?}", self.seed);
+        assert_eq!(
+            counts,
+            expected,
+            "seed {}: device {i}'s log versus the origin keys
+{}",
+            self.seed,
+            self.describe()
+        );
     }
 
     pub fn total_rewinds(&self) -> u64 {
