@@ -25,6 +25,8 @@ pub use types::{
 mod error;
 #[cfg(feature = "store")]
 mod store;
+#[cfg(feature = "store")]
+pub mod wal;
 
 pub use error::Error;
 #[cfg(feature = "store")]

@@ -171,6 +171,8 @@ pub struct SyncLogStore {
     head: Position,
     /// Cache of the floor, like `head`.
     floor: Position,
+    /// Checkpoints off the write path (none in memory).
+    checkpointer: Option<crate::wal::Checkpointer>,
 }
 
 impl std::fmt::Debug for SyncLogStore {
@@ -317,7 +319,18 @@ impl SyncLogStore {
         .map_err(&corrupt)?;
 
         let (floor, head) = load_verified_state(&mut conn).map_err(&corrupt)?;
-        Ok(Self { conn, path: path.to_owned(), library, head, floor })
+        let checkpointer = if path == Path::new(":memory:") {
+            None
+        } else {
+            conn.batch_execute(crate::wal::WRITER_PRAGMAS).map_err(|e| corrupt(e.into()))?;
+            Some(crate::wal::Checkpointer::start(path)?)
+        };
+        Ok(Self { conn, path: path.to_owned(), library, head, floor, checkpointer })
+    }
+
+    /// What the background checkpointer has done (`None` in memory): see [`crate::wal`].
+    pub fn checkpoint_stats(&self) -> Option<crate::wal::CheckpointStats> {
+        self.checkpointer.as_ref().map(crate::wal::Checkpointer::stats)
     }
 
     /// The library this log belongs to.

@@ -210,6 +210,8 @@ pub struct Library {
     /// The highest own origin seq the sync log was last seen to hold: re-keying goes past it.
     rekey_floor: u64,
     events: broadcast::Sender<Event>,
+    /// Checkpoints off the commit path (none in memory): see [`sync_log::wal`].
+    _checkpointer: Option<sync_log::wal::Checkpointer>,
 }
 
 impl std::fmt::Debug for Library {
@@ -311,6 +313,15 @@ impl Library {
             Ok(state)
         })?;
         let resubmit_rows: i64 = resubmit::table.count().get_result(&mut conn)?;
+        let checkpointer = if path == Path::new(":memory:") {
+            None
+        } else {
+            diesel::connection::SimpleConnection::batch_execute(
+                &mut conn,
+                sync_log::wal::WRITER_PRAGMAS,
+            )?;
+            Some(sync_log::wal::Checkpointer::start(path)?)
+        };
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let mut lib = Self {
             conn,
@@ -330,6 +341,7 @@ impl Library {
             rewind_to: state.rewind_to.map(|s| Seq(from_db(s))),
             resubmit_rows: from_db(resubmit_rows),
             events,
+            _checkpointer: checkpointer,
         };
         lib.reconcile(log)?;
         let retried = lib.retry_pending()?;
