@@ -31,9 +31,9 @@ use crate::wire;
 pub(crate) enum Control {
     /// The role changed.
     Role(LChange),
-    /// A local commit happened.
-    Kick,
-    /// The member list changed.
+    /// A local commit happened; `devices`: it wrote a device row (membership may change).
+    Kick { devices: bool },
+    /// The host named other members (or addresses).
     Members(Vec<Member>),
     /// Stop: sequence or keep what is committed, tell peers, close.
     Shutdown(oneshot::Sender<()>),
@@ -140,7 +140,14 @@ pub(crate) struct Engine {
     events: broadcast::Sender<Event>,
     seed: u64,
 
+    /// Who may connect now (from the device rows and `named`: [`plan::membership`]).
     members: BTreeMap<DeviceId, Member>,
+    /// The members the host named (at start and with `set_members`).
+    named: BTreeMap<DeviceId, Member>,
+    /// A device row changed: membership is computed again after this round.
+    members_due: bool,
+    /// This device's own row is tombstoned (since when it was noticed).
+    removed: Option<Instant>,
     dialers: HashMap<DeviceId, JoinHandle<()>>,
     stop_tx: Arc<watch::Sender<bool>>,
     peers: HashMap<DeviceId, Peer>,
@@ -175,6 +182,11 @@ pub(crate) struct Engine {
     kept: u64,
 }
 
+/// Whether `changes` touch a device row (and so, perhaps, the membership).
+pub(crate) fn touches_devices<'a>(mut changes: impl Iterator<Item = &'a Change>) -> bool {
+    changes.any(|c| c.model == txn_manager::DEVICE_MODEL)
+}
+
 /// How many ready events are handled before the leader sequences and pushes: what arrived
 /// while the previous push was in flight is coalesced into one batch.
 const DRAIN: usize = 256;
@@ -201,6 +213,9 @@ impl Engine {
             events: parts.events,
             seed: parts.seed,
             members: BTreeMap::new(),
+            named: BTreeMap::new(),
+            members_due: false,
+            removed: None,
             dialers: HashMap::new(),
             stop_tx,
             peers: HashMap::new(),
@@ -240,7 +255,8 @@ impl Engine {
         }
         self.refresh().await;
         self.pushed_through = self.head.seq;
-        self.apply_members(members);
+        self.named = members.into_iter().map(|m| (m.device, m)).collect();
+        self.refresh_members().await;
         self.refresh_counts().await;
         self.publish();
         let mut tick = tokio::time::interval(self.cfg.tick);
@@ -275,6 +291,9 @@ impl Engine {
                 }
             }
             self.step().await;
+            if std::mem::take(&mut self.members_due) {
+                self.refresh_members().await;
+            }
             self.publish();
             if let Some(reply) = stop {
                 self.shutdown().await;
@@ -434,10 +453,45 @@ impl Engine {
 
     // ---- members and dialling -------------------------------------------------------------
 
+    /// Computes the membership again from the device rows and the named members, and applies
+    /// it (a removed device's session closed, a new member dialled).
+    async fn refresh_members(&mut self) {
+        let rows = match self.tm.roster().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.fail("reading the device rows", &e);
+                return;
+            }
+        };
+        let m = plan::membership(self.me, &self.named, &rows);
+        if !m.removed {
+            self.removed = None;
+            self.apply_members(m.members);
+            return;
+        }
+        let since = *self.removed.get_or_insert_with(|| {
+            warn!(library = %self.library, device = %self.me, "this device was removed from the library: sync stops");
+            Instant::now()
+        });
+        self.last_error =
+            Some("this device was removed from the library (its device row is deleted)".into());
+        // A device that removed itself first hands its last changes (the removal among them)
+        // to the others, for at most `stuck_after`; then, or at once when removed by another
+        // member, it stops talking to anyone.
+        self.refresh_counts().await;
+        let unsent = self.outbox_len + self.resubmit_len > 0;
+        if unsent && since.elapsed() < self.cfg.stuck_after {
+            self.members_due = true; // looked at again on the next round
+        } else {
+            self.apply_members(Vec::new());
+        }
+    }
+
     fn apply_members(&mut self, list: Vec<Member>) {
         let new: BTreeMap<DeviceId, Member> = list.into_iter().map(|m| (m.device, m)).collect();
         for (device, old) in &self.members {
-            if !new.contains_key(device) {
+            // Gone, or paired with another endpoint id: the old identity may not connect.
+            if new.get(device).is_none_or(|m| m.addr.id != old.addr.id) {
                 info!(library = %self.library, %device, "member removed: closing its session");
                 self.member_table.remove(&self.library, &old.addr.id);
                 self.outlets.remove(*device, None);
@@ -481,7 +535,8 @@ impl Engine {
     async fn on_control(&mut self, c: Control) {
         match c {
             Control::Role(change) => self.on_role(change).await,
-            Control::Kick => {
+            Control::Kick { devices } => {
+                self.members_due |= devices;
                 // At least this commit waits (the exact count comes with the next refresh):
                 // the status never says "in sync" while a write is unsent.
                 self.outbox_len = self.outbox_len.max(1);
@@ -816,6 +871,7 @@ impl Engine {
             Ok(_) => {
                 let fresh: Vec<LogEntry> = entries.into_iter().filter(|e| e.seq > before).collect();
                 self.remember(&fresh);
+                self.members_due |= touches_devices(fresh.iter().map(|e| &e.change));
                 // Our forwarded changes came back: the next ones can go (a backlog larger than
                 // one submit moves a page per round trip, not a page per resend timeout).
                 if fresh.iter().any(|e| e.change.origin.device == self.me) {
@@ -1066,6 +1122,8 @@ impl Engine {
             .map(|(peer, changes)| (*peer, changes.iter().map(|c| c.origin).collect()))
             .collect();
         let all: Vec<Change> = submits.into_iter().flat_map(|(_, changes)| changes).collect();
+        // Applied by the catch-up that follows.
+        self.members_due |= touches_devices(all.iter());
         match self.log.append(epoch, all).await {
             Ok(result) => {
                 let new = result.iter().any(|a| a.new);
@@ -1245,7 +1303,9 @@ impl Engine {
         let leader = ls.leader.map(|t| wire::from_l(t.leader));
         let leader_connected = leader.is_some_and(|l| l == self.me || self.peers.contains_key(&l));
         let pending = self.outbox_len + self.resubmit_len;
-        let state = if let Some(through) = self.snapshot {
+        let state = if self.removed.is_some() {
+            SyncState::Removed
+        } else if let Some(through) = self.snapshot {
             SyncState::SnapshotRequired { compacted_through: through }
         } else if !leader_connected || role == Role::PausedLeader {
             if pending == 0

@@ -1,12 +1,58 @@
-//! Pure decisions, no I/O: who dials, how long to wait before redialling, what to do with a
-//! batch of entries, and the search for the last common seq after a divergence. The async
+//! Pure decisions, no I/O: who the members are, who dials, how long to wait before
+//! redialling, what to do with a batch of entries, and the search for the last common seq
+//! after a divergence. The async
 //! loops in `engine` and `peer` only carry out what these say.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use iroh::{EndpointAddr, EndpointId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sync_log::{DeviceId, Seq};
+use txn_manager::RosterEntry;
+
+use crate::peer::Member;
+
+/// Who belongs to the library, from its device rows and the members the host named.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Everyone who may connect (this device excluded), in device order.
+    pub members: Vec<Member>,
+    /// This device's own row is tombstoned: it was removed from the library.
+    pub removed: bool,
+}
+
+/// The membership rule. The device rows decide: a device with a live row holding an endpoint
+/// id is a member with that id (the host's address for it is used as a hint when it names
+/// the same id); a device whose row is tombstoned is not, whatever the host says (removal is
+/// final: device rows are not revivable). A device the host names is a member while the rows
+/// do not pair it yet (no row, or a row without an endpoint id): how a device being paired,
+/// or one whose row has not synced yet, gets connected at all.
+pub fn membership(
+    me: DeviceId,
+    named: &BTreeMap<DeviceId, Member>,
+    rows: &[RosterEntry],
+) -> Membership {
+    let removed: BTreeSet<DeviceId> = rows.iter().filter(|r| r.removed).map(|r| r.device).collect();
+    let mut members: BTreeMap<DeviceId, Member> = BTreeMap::new();
+    for row in rows.iter().filter(|r| !r.removed && r.device != me) {
+        let Some(id) = row.endpoint.and_then(|key| EndpointId::from_bytes(&key).ok()) else {
+            continue;
+        };
+        let addr = named
+            .get(&row.device)
+            .filter(|m| m.addr.id == id)
+            .map_or_else(|| EndpointAddr::new(id), |m| m.addr.clone());
+        members.insert(row.device, Member { device: row.device, addr });
+    }
+    for (device, member) in named {
+        if *device != me && !removed.contains(device) && !members.contains_key(device) {
+            members.insert(*device, member.clone());
+        }
+    }
+    Membership { members: members.into_values().collect(), removed: removed.contains(&me) }
+}
 
 /// Which side of a pair of members dials: the one with the lower device id. Both sides
 /// compute the same answer, so a pair normally has one session; if both ends ever hold a
@@ -112,6 +158,55 @@ impl CommonSearch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(n: u8) -> (EndpointId, [u8; 32]) {
+        let id = iroh::SecretKey::from_bytes(&[n; 32]).public();
+        (id, *id.as_bytes())
+    }
+
+    /// The rows decide membership: a paired live row is a member with the row's endpoint id
+    /// (the host's address kept as a hint only when it names that id); a tombstoned row is
+    /// never a member, even when the host names it; a device the host names is a member while
+    /// no row pairs it; this device is never its own peer, and its own tombstone says it was
+    /// removed.
+    #[test]
+    fn membership_follows_the_device_rows() {
+        let d = |n: u128| DeviceId(uuid::Uuid::from_u128(n));
+        let (me, a, b, c, e, f) = (d(1), d(2), d(3), d(4), d(5), d(6));
+        let (ka, ka_bytes) = key(2);
+        let (kb, _) = key(3);
+        let (kc, _) = key(4);
+        let (_, kf_bytes) = key(6);
+        let hinted = EndpointAddr::new(ka).with_ip_addr("127.0.0.1:4000".parse().unwrap());
+        let named: BTreeMap<DeviceId, Member> = [
+            (a, Member { device: a, addr: hinted.clone() }),
+            (b, Member { device: b, addr: EndpointAddr::new(kb) }),
+            (c, Member { device: c, addr: EndpointAddr::new(kc) }),
+            (f, Member { device: f, addr: EndpointAddr::new(kb) }),
+        ]
+        .into();
+        let rows = vec![
+            RosterEntry::new(me, Some([9; 32]), false),
+            RosterEntry::new(a, Some(ka_bytes), false),
+            RosterEntry::new(b, Some(ka_bytes), true),
+            RosterEntry::new(e, None, false),
+            RosterEntry::new(f, Some(kf_bytes), false),
+        ];
+        let m = membership(me, &named, &rows);
+        assert!(!m.removed);
+        let by: BTreeMap<DeviceId, EndpointAddr> =
+            m.members.iter().map(|m| (m.device, m.addr.clone())).collect();
+        assert_eq!(by.get(&a), Some(&hinted), "row and hint agree: the hint is kept");
+        assert!(!by.contains_key(&b), "tombstoned, though named");
+        assert_eq!(by.get(&c), Some(&EndpointAddr::new(kc)), "named, no row yet");
+        assert!(!by.contains_key(&e), "a row without an endpoint, not named");
+        assert_eq!(by.get(&f).map(|a| a.id), Some(key(6).0), "the row's id wins a named one");
+        assert!(!by.contains_key(&me));
+        assert_eq!(m.members.len(), 3);
+
+        let gone = membership(me, &named, &[RosterEntry::new(me, None, true)]);
+        assert!(gone.removed);
+    }
 
     /// The dialer rule is antisymmetric: exactly one side of every pair dials.
     #[test]

@@ -42,7 +42,9 @@ pub struct ServiceParams {
     pub leadership_store: Arc<dyn LeadershipStore>,
     /// Used only when the store holds no record: whether this device created the library.
     pub first_start: FirstStart,
-    /// The members (this device may be among them).
+    /// The members the host names (this device may be among them): with the library's device
+    /// rows they make the membership ([`plan::membership`](crate::plan::membership)). A new
+    /// device names the devices it pairs with; the rows take over once they sync.
     pub members: Vec<Member>,
     /// The transport's membership table, kept up to date by the service.
     pub member_table: MemberTable,
@@ -236,7 +238,8 @@ impl SyncService {
             return Err(Error::Stopped);
         }
         let changes = self.inner.tm.commit(ops).await?;
-        let _ = self.inner.control.send(Control::Kick);
+        let devices = crate::engine::touches_devices(changes.iter());
+        let _ = self.inner.control.send(Control::Kick { devices });
         Ok(changes)
     }
 
@@ -279,8 +282,10 @@ impl SyncService {
         Ok(self.inner.tm.clear_conflicts().await?)
     }
 
-    /// Replaces the member list (a device added or removed): a removed device's session is
-    /// closed at once and it is refused from then on.
+    /// Replaces the members the host names (a device being paired, or new addresses). The
+    /// library's device rows decide over it (see [`plan::membership`](crate::plan::membership)):
+    /// a device whose row is tombstoned stays out, a paired row's endpoint id wins. A device
+    /// that is no member any more has its session closed at once and is refused from then on.
     pub fn set_members(&self, members: Vec<Member>) -> Result<()> {
         self.inner.control.send(Control::Members(members)).map_err(|_| Error::Stopped)
     }

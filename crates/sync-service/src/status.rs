@@ -37,6 +37,9 @@ pub enum SyncState {
     },
     /// No leader is reachable: local writes are kept and sent later.
     Offline,
+    /// This device was removed from the library (its device row is tombstoned): it syncs
+    /// with nobody any more. Its local writes stay in its database and reach no one.
+    Removed,
     /// This device is below the leader's pruned floor: it needs a snapshot.
     SnapshotRequired {
         /// The leader's log starts after this seq.
@@ -93,7 +96,7 @@ pub struct Status {
     pub kept: u64,
     /// Divergences repaired (log suffixes discarded and re-submitted) since start.
     pub rewinds: u64,
-    /// In sync, syncing, stuck, offline, or snapshot required.
+    /// In sync, syncing, stuck, offline, removed, or snapshot required.
     pub state: SyncState,
     /// The last error, if any (for display).
     pub last_error: Option<String>,

@@ -115,6 +115,13 @@ pub struct RosterEntry {
     pub removed: bool,
 }
 
+impl RosterEntry {
+    /// An entry (for code that computes membership from rows it got elsewhere, and tests).
+    pub fn new(device: DeviceId, endpoint: Option<[u8; 32]>, removed: bool) -> Self {
+        Self { device, endpoint, removed }
+    }
+}
+
 /// What one [`Library::apply_entries`] call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {

@@ -69,6 +69,8 @@ pub struct Cluster {
     pub seed: u64,
     /// Every write acknowledged by `commit` (tag ids), to check none is lost.
     pub acknowledged: Vec<Uuid>,
+    /// The members each device's host names at start (`None`: every device).
+    pub named: Vec<Option<Vec<usize>>>,
 }
 
 impl Cluster {
@@ -78,6 +80,17 @@ impl Cluster {
     }
 
     pub async fn with_config(n: usize, seed: u64, config: Config) -> Self {
+        Self::with_named(n, seed, config, vec![None; n]).await
+    }
+
+    /// Like [`Cluster::with_config`], device `i`'s host naming the devices `named[i]` (every
+    /// device for `None`) as members at start.
+    pub async fn with_named(
+        n: usize,
+        seed: u64,
+        config: Config,
+        named: Vec<Option<Vec<usize>>>,
+    ) -> Self {
         init_tracing();
         let net = MemoryNetwork::new(seed);
         let library = LibraryId(Uuid::from_u128(0x1b_0000 + u128::from(seed)));
@@ -92,11 +105,34 @@ impl Cluster {
                 creator: i == 0,
             })
             .collect();
-        let mut cluster = Self { net, library, devices, config, seed, acknowledged: Vec::new() };
+        let mut cluster =
+            Self { net, library, devices, config, seed, acknowledged: Vec::new(), named };
         for i in 0..n {
             cluster.start(i).await;
         }
         cluster
+    }
+
+    /// The members device `i`'s host names.
+    pub fn named_by(&self, i: usize) -> Vec<Member> {
+        match self.named.get(i).cloned().flatten() {
+            Some(list) => list.into_iter().map(|j| self.member(j)).collect(),
+            None => self.members(),
+        }
+    }
+
+    pub fn member(&self, i: usize) -> Member {
+        Member { device: self.devices[i].id, addr: EndpointAddr::new(self.devices[i].endpoint) }
+    }
+
+    /// A device row for device `i`, paired with its endpoint id.
+    pub fn device_row(&self, i: usize) -> library_models::Device {
+        library_models::Device::with_id(
+            library_models::Id(self.devices[i].id.0),
+            format!("device {i}"),
+            "test".into(),
+            self.devices[i].endpoint.as_bytes().to_vec(),
+        )
     }
 
     pub fn members(&self) -> Vec<Member> {
@@ -143,7 +179,7 @@ impl Cluster {
             log,
             Arc::clone(&d.store) as Arc<dyn leadership::LeadershipStore>,
             first,
-            self.members(),
+            self.named_by(i),
             table,
             acceptor,
         );
