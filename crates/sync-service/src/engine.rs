@@ -70,13 +70,18 @@ struct Forwarded {
     term: Option<Term>,
     /// Our own origin seqs up to here were sent to that term's leader.
     through: u64,
+    /// When a submit was last sent.
     at: Option<Instant>,
-    /// A submit is unanswered: new local commits wait for its `SubmitAck` (one submit in
-    /// flight, so reading the outbox past what was sent stays cheap).
-    awaiting_ack: bool,
-    /// A local commit arrived while a submit was unanswered.
+    /// Submits sent and not answered yet (at most [`SUBMITS_IN_FLIGHT`]).
+    in_flight: usize,
+    /// A local commit arrived while the submits in flight were at their bound.
     pending: bool,
 }
+
+/// Submits a follower has unanswered at once: a commit is forwarded as it happens, without
+/// waiting for the previous answer, and a backlog moves several pages per round trip; the
+/// bound keeps the leader's inbox (and its memory) small.
+const SUBMITS_IN_FLIGHT: usize = 4;
 
 /// A write to the library and its log, run in one blocking call with the reads that follow
 /// it (see [`Engine::write`]).
@@ -542,10 +547,6 @@ impl Engine {
                 self.outbox_len = self.outbox_len.max(1);
                 if self.can_sequence().is_some() {
                     self.sequence_due = true;
-                } else if self.forwarded.awaiting_ack
-                    && self.forwarded.at.is_some_and(|at| at.elapsed() < self.cfg.resend_after)
-                {
-                    self.forwarded.pending = true;
                 } else {
                     self.forward(false).await;
                 }
@@ -746,7 +747,7 @@ impl Engine {
             }
             Message::SubmitAck(_) => {
                 if self.leader() == Some(peer) {
-                    self.forwarded.awaiting_ack = false;
+                    self.forwarded.in_flight = self.forwarded.in_flight.saturating_sub(1);
                     if std::mem::take(&mut self.forwarded.pending) {
                         self.forward(false).await;
                     }
@@ -872,14 +873,10 @@ impl Engine {
                 let fresh: Vec<LogEntry> = entries.into_iter().filter(|e| e.seq > before).collect();
                 self.remember(&fresh);
                 self.members_due |= touches_devices(fresh.iter().map(|e| &e.change));
-                // Our forwarded changes came back: the next ones can go (a backlog larger than
-                // one submit moves a page per round trip, not a page per resend timeout).
+                // Our forwarded changes came back: the next ones can go (a backlog moves on
+                // with every round trip, not with every resend timeout).
                 if fresh.iter().any(|e| e.change.origin.device == self.me) {
-                    if self.forwarded.awaiting_ack {
-                        self.forwarded.pending = true;
-                    } else {
-                        self.forward(false).await;
-                    }
+                    self.forward(false).await;
                 }
                 self.emit_applied(&fresh);
                 self.send(from, Message::Ack(Ack { applied: self.head }));
@@ -961,8 +958,9 @@ impl Engine {
         }
     }
 
-    /// Sends the resubmit table and the outbox (or only what is new since the last send) to
-    /// the leader.
+    /// Sends the leader what it has not been sent: with `force` (a new leader, a reconnect,
+    /// a resend) the resubmit table and the whole outbox, else the outbox rows after the last
+    /// one sent — page by page while fewer than [`SUBMITS_IN_FLIGHT`] submits are unanswered.
     async fn forward(&mut self, force: bool) {
         let Some(leader) = self.leader() else { return };
         if !self.peers.contains_key(&leader) {
@@ -970,52 +968,55 @@ impl Engine {
         }
         let term = self.driver.status().leader;
         let force = force || self.forwarded.term != term;
-        let through = if force { 0 } else { self.forwarded.through };
+        if force {
+            self.forwarded = Forwarded { term, ..Forwarded::default() };
+        }
         let page = self.cfg.page as usize;
-        let me = self.me;
-        let changes = self
-            .tm
-            .with(move |l| {
-                let mut changes = if force { l.resubmit(page)? } else { Vec::new() };
-                if force && l.resubmit_count() == 0 {
-                    changes.clear();
-                }
-                // The outbox is read from its oldest row: while sent rows wait to come back
-                // from the log, read further until unsent ones show (whole rows, in order).
-                let mut limit = page;
-                loop {
-                    let rows = l.outbox(limit)?;
-                    let complete = rows.len() < limit;
-                    let fresh: Vec<Change> = rows
-                        .into_iter()
-                        .filter(|c| c.origin.device != me || c.origin.seq > through)
-                        .collect();
-                    if !fresh.is_empty() || complete {
-                        changes.extend(fresh);
-                        break;
-                    }
-                    limit = limit.saturating_mul(2);
-                }
-                Ok(changes)
-            })
-            .await;
-        let changes = match changes {
-            Ok(c) => c,
-            Err(e) => {
-                self.fail("reading the outbox", &e);
+        let mut resubmit = force;
+        loop {
+            if self.forwarded.in_flight >= SUBMITS_IN_FLIGHT {
+                self.forwarded.pending = true;
                 return;
             }
-        };
-        if changes.is_empty() {
-            return;
-        }
-        let last_own = changes.iter().filter(|c| c.origin.device == me).map(|c| c.origin.seq).max();
-        if self.send(leader, Message::Submit(Submit { changes })) {
-            self.forwarded.term = term;
+            let through = self.forwarded.through;
+            let read = self
+                .tm
+                .with(move |l| {
+                    let mut changes = if resubmit && l.resubmit_count() > 0 {
+                        l.resubmit(page)?
+                    } else {
+                        Vec::new()
+                    };
+                    let outbox = l.outbox_after_seq(through, page)?;
+                    let full = outbox.len() >= page;
+                    changes.extend(outbox);
+                    Ok((changes, full))
+                })
+                .await;
+            let (changes, more) = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    self.fail("reading the outbox", &e);
+                    return;
+                }
+            };
+            resubmit = false;
+            if changes.is_empty() {
+                return;
+            }
+            let me = self.me;
+            let last_own =
+                changes.iter().filter(|c| c.origin.device == me).map(|c| c.origin.seq).max();
+            if !self.send(leader, Message::Submit(Submit { changes })) {
+                return; // the queue is full: the resend on the tick catches up
+            }
             self.forwarded.through = last_own.unwrap_or(through).max(through);
             self.forwarded.at = Some(Instant::now());
-            self.forwarded.awaiting_ack = true;
+            self.forwarded.in_flight += 1;
             self.forwarded.pending = false;
+            if !more {
+                return;
+            }
         }
     }
 
