@@ -2,3 +2,4 @@
 #![deny(missing_docs)]
 
 pub mod layering;
+pub mod sql_habits;

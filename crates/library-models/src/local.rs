@@ -167,7 +167,7 @@ pub fn leadership_state(conn: &mut SqliteConnection, device: Id) -> Result<Optio
     Ok(device::table
         .find(device)
         .select(device::sync_leadership)
-        .first::<Option<Vec<u8>>>(conn)
+        .get_result::<Option<Vec<u8>>>(conn)
         .optional()?
         .flatten())
 }

@@ -886,6 +886,7 @@ fn read_state(conn: &mut SqliteConnection) -> Result<(Position, Position), Error
 /// [`read_state`], and the last entry must chain from the one before it (or the floor).
 fn load_verified_state(conn: &mut SqliteConnection) -> Result<(Position, Position), Error> {
     let (floor, head) = read_state(conn)?;
+    // cold: once at open
     let last: Vec<Row> =
         sync_log::table.order(sync_log::seq.desc()).limit(2).select(Row::as_select()).load(conn)?;
     let Some(last_row) = last.first() else { return Ok((floor, head)) };

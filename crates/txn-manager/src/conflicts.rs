@@ -180,6 +180,7 @@ pub(crate) fn dropped_count(conn: &mut SqliteConnection) -> Result<u64, Error> {
 pub(crate) fn list(conn: &mut SqliteConnection, limit: usize) -> Result<Vec<Conflict>, Error> {
     let rows: Vec<Row> = conflict_log::table
         .order(conflict_log::id.desc())
+        // cold: a list a person asks for
         .limit(i64::try_from(limit).unwrap_or(i64::MAX))
         .select((
             conflict_log::id,

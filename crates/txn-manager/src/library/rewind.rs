@@ -138,9 +138,10 @@ impl Library {
         let rows: Vec<(i64, ResubmitRow)> = resubmit::table
             .filter(resubmit::ord.gt(after))
             .order(resubmit::ord.asc())
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .select((resubmit::ord, ResubmitRow::as_select()))
-            .load(&mut self.conn)?;
+            .load_iter::<(i64, ResubmitRow), DefaultLoadingMode>(&mut self.conn)?
+            .take(limit)
+            .collect::<QueryResult<_>>()?;
         rows.into_iter().map(|(ord, row)| Ok((ord, row.decode()?))).collect()
     }
 }
