@@ -23,6 +23,9 @@
 //!   same peer replaces the older one. Each session has a reader (into the engine's bounded
 //!   inbox) and a writer (from a bounded per-peer queue, [`Config::peer_queue`]).
 //! * [`Acceptor`]: the host's `SessionHandler`, routing incoming sessions by library.
+//! * **Membership** comes from the library's synced device rows ([`plan::membership`]): a
+//!   paired row lets a device in, a tombstoned one shuts it out everywhere as it syncs; the
+//!   members the host names count only while no row pairs them.
 //!
 //! ## Flows
 //!
@@ -34,8 +37,9 @@
 //!   `SubmitAck` (idempotent by origin key).
 //! * **Follower:** pushes are fenced by term, applied in order, acknowledged; a gap, a
 //!   heartbeat announcing a newer seq, or a notice makes it fetch after its head, page by
-//!   page. Its outbox and re-submissions go to the leader on every connect and leader change,
-//!   after each local commit, and again while unanswered. Rows leave the outbox only when
+//!   page. Its outbox and re-submissions go to the leader on every connect and leader change;
+//!   each local commit is forwarded as it happens (only rows not sent yet, a few submits in
+//!   flight), and everything again while unanswered. Rows leave the outbox only when
 //!   applied from the log (the write path's rule).
 //! * **Divergence:** found at the handshake (same seq, other checksum), by the log's
 //!   `Diverged`, by a leader's `Divergence` (it checks every ack), or when the leader's log
