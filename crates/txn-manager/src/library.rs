@@ -525,30 +525,32 @@ impl Library {
     /// The member devices of the library: its device rows that are not tombstoned, with their
     /// endpoint ids (empty until paired), in id order — where membership comes from.
     pub fn members(&mut self) -> Result<Vec<library_models::Device>, Error> {
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let page = library_models::Device::page(&mut self.conn, after, 1_000)?;
-            let Some(last) = page.last() else { return Ok(out) };
-            after = Some(last.uuid);
-            out.extend(page.into_iter().filter(|d| !d.tombstone));
-        }
+        Ok(self.device_rows()?.into_iter().filter(|d| !d.tombstone).collect())
     }
 
     /// Every device row, removed ones included, in id order: where a sync service takes its
     /// membership from (who may connect, and with which endpoint id).
     pub fn roster(&mut self) -> Result<Vec<RosterEntry>, Error> {
+        Ok(self
+            .device_rows()?
+            .into_iter()
+            .map(|d| RosterEntry {
+                device: DeviceId(d.uuid.0),
+                endpoint: <[u8; 32]>::try_from(d.endpoint.as_slice()).ok(),
+                removed: d.tombstone,
+            })
+            .collect())
+    }
+
+    /// Every device row (tombstones included), in id order, read page by page.
+    fn device_rows(&mut self) -> Result<Vec<library_models::Device>, Error> {
         let mut out = Vec::new();
         let mut after = None;
         loop {
             let page = library_models::Device::page(&mut self.conn, after, 1_000)?;
             let Some(last) = page.last() else { return Ok(out) };
             after = Some(last.uuid);
-            out.extend(page.into_iter().map(|d| RosterEntry {
-                device: DeviceId(d.uuid.0),
-                endpoint: <[u8; 32]>::try_from(d.endpoint.as_slice()).ok(),
-                removed: d.tombstone,
-            }));
+            out.extend(page);
         }
     }
 
