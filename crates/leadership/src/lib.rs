@@ -55,7 +55,9 @@
 //!    presence ([`Message::Presence`]) to every other member every `H`.
 //!    * A follower whose lease lapses while it heard no other member within `R` does **not**
 //!      claim: alone, it could only start a second history. The next member it hears gives it
-//!      a fresh lease, so a returning device never deposes a healthy leader.
+//!      a fresh lease, so a returning device never deposes a healthy leader — unless that
+//!      member announces that it follows nobody either: then nobody leads and it stands at
+//!      once (otherwise two devices that were both cut off would wait a lease for each other).
 //!    * A leader that heard no other member for `I = L - H` ([`Config::isolation`]) **pauses**
 //!      ([`RoleChange::Pause`]): it keeps its term and heartbeats, but sequences nothing
 //!      ([`Fence::can_sequence`] is `None`; its writes wait in its outbox). `I < L`, so it has

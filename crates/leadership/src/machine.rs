@@ -418,6 +418,8 @@ impl Leadership {
             return;
         }
         let was_stranded = std::mem::take(&mut self.stranded);
+        // A member that follows nobody: there is no leader to protect by waiting.
+        let leaderless = matches!(message, Message::Presence { leader: None, .. });
         self.heard.insert(from, now);
         match message {
             Message::Heartbeat { term, .. } => {
@@ -430,6 +432,15 @@ impl Leadership {
             Message::Presence { epoch, leader, .. } => self.on_presence(now, epoch, leader, out),
         }
         match self.role {
+            // Back in touch after a silence with a member that follows nobody either: nobody
+            // leads that this device could depose, so it stands now (both sides of a healed
+            // cut would otherwise wait a whole lease for each other).
+            Role::Follower { leader: None, awaiting, lease_until }
+                if was_stranded && leaderless =>
+            {
+                let lease_until = lease_until.min(now);
+                self.role = Role::Follower { leader: None, awaiting, lease_until };
+            }
             // Back in touch after a silence: give a leader one lease to show up before
             // standing, so a returning device never deposes a healthy leader.
             Role::Follower { leader, awaiting, lease_until } if was_stranded => {

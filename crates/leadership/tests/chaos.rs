@@ -190,7 +190,24 @@ fn after_faults_stop_one_leader_within_lease_plus_heartbeat() {
 /// Schedules that once failed, replayed exactly.
 #[test]
 fn regressions() {
-    let cases: Vec<Schedule> = vec![];
+    let cases: Vec<Schedule> = vec![
+        // Both devices cut off alone (one crashed, one isolated), then healed: each one's
+        // first contact was the other's presence following nobody, which gave a fresh lease
+        // instead of an election — one leader only L + 1.04 s after the heal.
+        Schedule {
+            nodes: 2,
+            seed: 0,
+            max_delay_ms: 5,
+            faults: vec![
+                (1427, Fault::Restart(0)),
+                (1534, Fault::Cut(0, 2)),
+                (5517, Fault::Crash(2)),
+                (2474, Fault::Isolate(0)),
+                (5823, Fault::Restart(2)),
+                (4230, Fault::Restart(0)),
+            ],
+        },
+    ];
     for case in cases {
         run(&case).unwrap();
     }
