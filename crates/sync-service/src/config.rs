@@ -17,6 +17,12 @@ pub struct Config {
     /// Largest range pushed as entries; a larger one is announced with a `PushNotice` and the
     /// follower fetches it in pages.
     pub push_max: usize,
+    /// Largest message the service builds, in bytes of payload (about): a `Push`, an
+    /// `Entries` page or a `Submit` with more is cut (a push becomes a notice, a page ends
+    /// early, a submit is split — even inside one committed transaction). Must stay well
+    /// below the transport's frame limit (16 MiB by default). A single change above it
+    /// still travels alone.
+    pub message_bytes: usize,
     /// Messages queued for one peer before the leader stops pushing to it (it then sends a
     /// `PushNotice` once the queue has room). Bounds the leader's memory per stalled peer to
     /// about `peer_queue × push_max` entries.
@@ -40,6 +46,7 @@ impl Default for Config {
             leadership: leadership::Config::default(),
             page: 1_000,
             push_max: 256,
+            message_bytes: 4 << 20,
             peer_queue: 64,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -51,10 +58,12 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Checks the rules: positive page, queue, push size and tick; `backoff_min <= backoff_max`.
+    /// Checks the rules: positive page, queue, push and message sizes and tick; `backoff_min <= backoff_max`.
     pub fn validate(&self) -> Result<()> {
-        if self.page == 0 || self.push_max == 0 || self.peer_queue == 0 {
-            return Err(Error::InvalidConfig("page, push_max and peer_queue must be positive"));
+        if self.page == 0 || self.push_max == 0 || self.peer_queue == 0 || self.message_bytes == 0 {
+            return Err(Error::InvalidConfig(
+                "page, push_max, message_bytes and peer_queue must be positive",
+            ));
         }
         if self.tick.is_zero() || self.backoff_min.is_zero() || self.backoff_min > self.backoff_max
         {

@@ -187,6 +187,23 @@ pub(crate) struct Engine {
     kept: u64,
 }
 
+/// About how many bytes `change` takes in a message (its payload dominates).
+fn change_bytes(change: &Change) -> usize {
+    change.payload.len() + change.model.len() + 96
+}
+
+/// The length of the longest prefix of `items` within `budget` bytes, at least one item.
+fn within_budget<T>(items: &[T], budget: usize, bytes: impl Fn(&T) -> usize) -> usize {
+    let mut total = 0usize;
+    for (i, item) in items.iter().enumerate() {
+        total = total.saturating_add(bytes(item));
+        if total > budget && i > 0 {
+            return i;
+        }
+    }
+    items.len()
+}
+
 /// Whether `changes` touch a device row (and so, perhaps, the membership).
 pub(crate) fn touches_devices<'a>(mut changes: impl Iterator<Item = &'a Change>) -> bool {
     changes.any(|c| c.model == txn_manager::DEVICE_MODEL)
@@ -488,7 +505,16 @@ impl Engine {
         if unsent && since.elapsed() < self.cfg.stuck_after {
             self.members_due = true; // looked at again on the next round
         } else {
+            // Leadership keeps the members it knew: alone in a library of one, this device
+            // would lead itself and sequence a history nobody shares.
+            let known: BTreeSet<leadership::MemberId> = self
+                .members
+                .keys()
+                .chain(std::iter::once(&self.me))
+                .map(|d| wire::to_l(*d))
+                .collect();
             self.apply_members(Vec::new());
+            let _ = self.driver.set_members(known);
         }
     }
 
@@ -982,18 +1008,17 @@ impl Engine {
             let read = self
                 .tm
                 .with(move |l| {
-                    let mut changes = if resubmit && l.resubmit_count() > 0 {
+                    let resubmits = if resubmit && l.resubmit_count() > 0 {
                         l.resubmit(page)?
                     } else {
                         Vec::new()
                     };
                     let outbox = l.outbox_after_seq(through, page)?;
                     let full = outbox.len() >= page;
-                    changes.extend(outbox);
-                    Ok((changes, full))
+                    Ok((resubmits, outbox, full))
                 })
                 .await;
-            let (changes, more) = match read {
+            let (mut changes, mut outbox, mut more) = match read {
                 Ok(read) => read,
                 Err(e) => {
                     self.fail("reading the outbox", &e);
@@ -1001,12 +1026,25 @@ impl Engine {
                 }
             };
             resubmit = false;
+            let me = self.me;
+            // What is left of a row sent in part (a transaction too large for one submit).
+            outbox.retain(|c| c.origin.device != me || c.origin.seq > through);
+            let resubmits = changes.len();
+            changes.append(&mut outbox);
+            let fit = within_budget(&changes, self.cfg.message_bytes, change_bytes);
+            if fit < changes.len() {
+                changes.truncate(fit);
+                more = true;
+            }
             if changes.is_empty() {
                 return;
             }
-            let me = self.me;
-            let last_own =
-                changes.iter().filter(|c| c.origin.device == me).map(|c| c.origin.seq).max();
+            // Only the outbox part moves `through` (re-submissions keep their own keys).
+            let last_own = changes[resubmits.min(changes.len())..]
+                .iter()
+                .filter(|c| c.origin.device == me)
+                .map(|c| c.origin.seq)
+                .max();
             if !self.send(leader, Message::Submit(Submit { changes })) {
                 return; // the queue is full: the resend on the tick catches up
             }
@@ -1025,7 +1063,11 @@ impl Engine {
     async fn serve_fetch(&mut self, peer: DeviceId, fetch: Fetch) {
         let limit = fetch.limit.clamp(1, self.cfg.page) as usize;
         let reply = match self.log.read_after(fetch.after, limit).await {
-            Ok(entries) => {
+            Ok(mut entries) => {
+                // A page of large entries ends early: no message outgrows the frame limit.
+                entries.truncate(within_budget(&entries, self.cfg.message_bytes, |e| {
+                    change_bytes(&e.change)
+                }));
                 let latest = self.head.seq;
                 let more = entries.last().is_some_and(|e| e.seq < latest);
                 Message::Entries(Entries { entries, latest, more })
@@ -1179,7 +1221,11 @@ impl Engine {
         self.emit_applied(&entries);
         let epoch = wire::epoch_from_l(term.epoch);
         let latest = self.head.seq;
-        let push = (!entries.is_empty()).then_some(Push { epoch, entries });
+        // Entries too large for one message are announced instead (the followers fetch them
+        // in pages that fit).
+        let fits = within_budget(&entries, self.cfg.message_bytes, |e| change_bytes(&e.change))
+            == entries.len();
+        let push = (!entries.is_empty() && fits).then_some(Push { epoch, entries });
         for p in self.peers.values_mut() {
             let notice_from = p.overflow.or(push.is_none().then_some(first));
             match (notice_from, &push) {

@@ -111,3 +111,27 @@ async fn a_stalled_follower_keeps_the_leader_memory_bounded() {
     c.assert_all_present().await;
     c.shutdown_all().await;
 }
+
+/// Commits one transaction of 1,000 tags of 20 KB each (20 MB, more than a 16 MiB frame) on
+/// the leader and another on a follower: the follower's submit is split, the leader's push
+/// becomes a notice and its fetch pages end early, so no message outgrows the frame limit
+/// (which would end the session and wedge the sync on every retry); all three converge with
+/// every write present, a restarted follower included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_and_pages_larger_than_a_frame_still_sync() {
+    let mut c = Cluster::new(3, common::seed(23)).await;
+    c.wait_leader(Duration::from_secs(20)).await;
+    c.kill(2);
+    for i in [0, 1] {
+        let tags: Vec<library_models::Tag> = (0..1_000)
+            .map(|k| library_models::Tag::new(format!("{i}.{k} {}", "x".repeat(20_000)), None))
+            .collect();
+        c.acknowledged.extend(tags.iter().map(|t| t.uuid.0));
+        c.svc(i).commit(tags.into_iter().map(txn_manager::Op::put).collect()).await.unwrap();
+    }
+    c.wait_converged(Duration::from_secs(120)).await;
+    c.start(2).await;
+    c.wait_converged(Duration::from_secs(120)).await;
+    c.assert_all_present().await;
+    c.shutdown_all().await;
+}

@@ -61,6 +61,10 @@ async fn a_tombstoned_device_row_shuts_the_device_out() {
     })
     .await;
     assert_eq!(c.svc(2).status().log_head.seq, cut_at, "nothing reached the removed device");
+    assert!(
+        c.svc(2).status().role != sync_service::Role::Leader,
+        "a removed device does not lead a library of its own"
+    );
     assert!(!connected(&c, 2, 0) && !connected(&c, 2, 1), "it is refused, not reconnected");
     c.kill(2);
     c.wait_converged(T).await;

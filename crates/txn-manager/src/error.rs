@@ -90,6 +90,19 @@ pub enum Error {
         /// The last HLC reading handed out or observed.
         last: Hlc,
     },
+    /// A change's payload is larger than [`MAX_CHANGE_BYTES`](crate::MAX_CHANGE_BYTES): it could
+    /// never travel. Nothing was written.
+    #[error("{model} {record}: a change of {bytes} bytes is larger than {max}")]
+    ChangeTooLarge {
+        /// The model.
+        model: String,
+        /// The record.
+        record: uuid::Uuid,
+        /// The payload's size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A stored value is out of range (e.g. a counter above 2^63).
     #[error("invalid state: {0}")]
     Invalid(String),

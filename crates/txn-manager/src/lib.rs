@@ -85,6 +85,7 @@ pub use conflicts::{Conflict, DEFAULT_CONFLICT_LOG_CAPACITY};
 pub use error::Error;
 pub use hlc::{Clock, DEFAULT_MAX_DRIFT_MS, HybridClock, ManualClock, Observed, SystemClock};
 pub use leadership_store::DeviceLeadershipStore;
+pub use library::commit::MAX_CHANGE_BYTES;
 pub use library::{
     APPLY_BATCH, ApplyReport, BULK_TXN_ROWS, BulkDescription, Config, DEVICE_MODEL, Event, Kept,
     Library, RewindReport, RosterEntry,

@@ -18,7 +18,7 @@ use crate::outbox::{OwnEntries, next_key, rekey};
 use crate::{Clock, DEFAULT_MAX_DRIFT_MS, Error, HybridClock, Op, SystemClock};
 
 mod apply;
-mod commit;
+pub(crate) mod commit;
 mod rewind;
 mod sequence;
 

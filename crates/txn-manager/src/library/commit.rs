@@ -23,8 +23,9 @@ impl Library {
         Ok(changes)
     }
 
-    /// Commits `ops` in ONE transaction: each model write, one outbox row with all the
-    /// changes, and the new origin counter and clock. Versions and stamps are set here.
+    /// Commits `ops` in ONE transaction: each model write, the outbox row with all the
+    /// changes (several consecutive rows of about 4 MiB for a large transaction), and the new
+    /// origin counter and clock. Versions and stamps are set here.
     /// Returns the changes (in order); an [`Event::Committed`] follows the commit. On error
     /// nothing is written.
     pub fn commit(&mut self, ops: Vec<Op>) -> Result<Vec<Change>, Error> {
@@ -136,10 +137,41 @@ impl Library {
     }
 }
 
-/// Writes the outbox row of one transaction's changes (none for no changes).
+/// Largest payload of one change a commit accepts: a change must fit one protocol message and
+/// one decoded row (16 MiB each) whatever travels with it. A larger one fails the commit with
+/// [`Error::ChangeTooLarge`], nothing written.
+pub const MAX_CHANGE_BYTES: usize = 8 << 20;
+
+/// About how many bytes of changes one outbox row holds: a larger transaction's changes go in
+/// several consecutive rows (each row stays far below the codec's 16 MiB decode limit, so a
+/// large commit can always be read back, forwarded and sequenced).
+const OUTBOX_ROW_BYTES: usize = 4 << 20;
+
+/// Writes the outbox rows of one transaction's changes (none for no changes).
 pub(super) fn insert_outbox(conn: &mut SqliteConnection, changes: &[Change]) -> Result<(), Error> {
-    if !changes.is_empty() {
-        diesel::insert_into(outbox::table).values(&OutboxRow::new(changes)?).execute(conn)?;
+    if let Some(c) = changes.iter().find(|c| c.payload.len() > MAX_CHANGE_BYTES) {
+        return Err(Error::ChangeTooLarge {
+            model: c.model.clone(),
+            record: c.record,
+            bytes: c.payload.len(),
+            max: MAX_CHANGE_BYTES,
+        });
+    }
+    let mut rows = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, c) in changes.iter().enumerate() {
+        let size = c.payload.len() + c.model.len() + 64;
+        if i > start && bytes + size > OUTBOX_ROW_BYTES {
+            rows.push(OutboxRow::new(&changes[start..i])?);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < changes.len() {
+        rows.push(OutboxRow::new(&changes[start..])?);
+    }
+    for row in &rows {
+        diesel::insert_into(outbox::table).values(row).execute(conn)?;
     }
     Ok(())
 }
