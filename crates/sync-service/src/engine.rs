@@ -76,6 +76,9 @@ struct Forwarded {
     in_flight: usize,
     /// A local commit arrived while the submits in flight were at their bound.
     pending: bool,
+    /// The last submit was cut short (perhaps inside a transaction's row): the rest goes only
+    /// after every submit in flight was answered, so a failed part is never overtaken.
+    cut: bool,
 }
 
 /// Submits a follower has unanswered at once: a commit is forwarded as it happens, without
@@ -1000,7 +1003,8 @@ impl Engine {
         let page = self.cfg.page as usize;
         let mut resubmit = force;
         loop {
-            if self.forwarded.in_flight >= SUBMITS_IN_FLIGHT {
+            let waits_for_answers = self.forwarded.cut && self.forwarded.in_flight > 0;
+            if self.forwarded.in_flight >= SUBMITS_IN_FLIGHT || waits_for_answers {
                 self.forwarded.pending = true;
                 return;
             }
@@ -1032,7 +1036,8 @@ impl Engine {
             let resubmits = changes.len();
             changes.append(&mut outbox);
             let fit = within_budget(&changes, self.cfg.message_bytes, change_bytes);
-            if fit < changes.len() {
+            let cut = fit < changes.len();
+            if cut {
                 changes.truncate(fit);
                 more = true;
             }
@@ -1052,6 +1057,7 @@ impl Engine {
             self.forwarded.at = Some(Instant::now());
             self.forwarded.in_flight += 1;
             self.forwarded.pending = false;
+            self.forwarded.cut = cut;
             if !more {
                 return;
             }
@@ -1118,9 +1124,22 @@ impl Engine {
             _ => match self.append_submits(epoch, submits.clone()).await {
                 Some(new) => new,
                 None => {
+                    // A sender's submits stay in order: after one of its submits failed, its
+                    // later ones wait for its resend (a large transaction split over several
+                    // submits must never be sequenced end first).
                     let mut any = false;
+                    let mut failed = BTreeSet::new();
                     for submit in submits {
-                        any |= self.append_submits(epoch, vec![submit]).await.unwrap_or(false);
+                        if failed.contains(&submit.0) {
+                            continue;
+                        }
+                        let sender = submit.0;
+                        match self.append_submits(epoch, vec![submit]).await {
+                            Some(new) => any |= new,
+                            None => {
+                                failed.insert(sender);
+                            }
+                        }
                     }
                     any
                 }
