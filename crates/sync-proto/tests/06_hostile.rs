@@ -198,6 +198,23 @@ async fn legit_member_is_served(addr: &EndpointAddr) {
     endpoint.close().await;
 }
 
+/// A node (device 1 of library 1, members devices 2 and 3) serving with `config`: its router,
+/// address, member table and handler.
+async fn two_member_node(
+    config: ProtoConfig,
+) -> (Router, EndpointAddr, MemberTable, Arc<Answering>) {
+    let server_ep = bind_loopback(Some(key(1))).await.unwrap();
+    let addr = loopback_addr(&server_ep);
+    let table = MemberTable::new();
+    table.add(library(1), id(2), device(2));
+    table.add(library(1), id(3), device(3));
+    let handler = Answering::new([local(library(1), device(1), 0)]);
+    let router = Router::builder(server_ep)
+        .accept(SYNC_ALPN, SyncProtocol::new(table.clone(), Arc::clone(&handler), config))
+        .spawn();
+    (router, addr, table, handler)
+}
+
 async fn attacker(n: u8) -> Endpoint {
     bind_loopback(Some(key(n))).await.unwrap()
 }
@@ -451,18 +468,7 @@ async fn a_frame_that_stalls_closes_the_session() {
 /// removed key is then refused, and other members are still served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_member_closes_its_live_sessions() {
-    let server_ep = bind_loopback(Some(key(1))).await.unwrap();
-    let addr = loopback_addr(&server_ep);
-    let table = MemberTable::new();
-    table.add(library(1), id(2), device(2));
-    table.add(library(1), id(3), device(3));
-    let handler = Answering::new([local(library(1), device(1), 0)]);
-    let router = Router::builder(server_ep)
-        .accept(
-            SYNC_ALPN,
-            SyncProtocol::new(table.clone(), Arc::clone(&handler), ProtoConfig::default()),
-        )
-        .spawn();
+    let (router, addr, table, handler) = two_member_node(ProtoConfig::default()).await;
 
     let ep = attacker(2).await;
     let client_table = MemberTable::new();
@@ -565,15 +571,7 @@ async fn pending_handshakes_per_endpoint_are_capped() {
 /// the node closes the session with PROTOCOL_ERROR instead of handing it to the service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_messages_after_the_handshake_are_protocol_errors() {
-    let server_ep = bind_loopback(Some(key(1))).await.unwrap();
-    let addr = loopback_addr(&server_ep);
-    let table = MemberTable::new();
-    table.add(library(1), id(2), device(2));
-    table.add(library(1), id(3), device(3));
-    let handler = Answering::new([local(library(1), device(1), 0)]);
-    let router = Router::builder(server_ep)
-        .accept(SYNC_ALPN, SyncProtocol::new(table, Arc::clone(&handler), ProtoConfig::default()))
-        .spawn();
+    let (router, addr, _table, handler) = two_member_node(ProtoConfig::default()).await;
     let ep = attacker(2).await;
     let late = [
         Message::Hello(Hello {
@@ -615,17 +613,9 @@ async fn handshake_messages_after_the_handshake_are_protocol_errors() {
 /// message to the service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kind_newer_than_the_negotiated_version_is_a_protocol_error() {
-    let server_ep = bind_loopback(Some(key(1))).await.unwrap();
-    let addr = loopback_addr(&server_ep);
-    let table = MemberTable::new();
-    table.add(library(1), id(2), device(2));
-    table.add(library(1), id(3), device(3));
-    let handler = Answering::new([local(library(1), device(1), 0)]);
     let mut config = ProtoConfig::default();
     config.versions = VersionRange::new(1, 2);
-    let router = Router::builder(server_ep)
-        .accept(SYNC_ALPN, SyncProtocol::new(table, Arc::clone(&handler), config))
-        .spawn();
+    let (router, addr, _table, handler) = two_member_node(config).await;
     let ep = attacker(2).await;
     let conn = raw(&ep, &addr).await;
     let (mut send, recv) = conn.open_bi().await.unwrap();
@@ -740,15 +730,7 @@ async fn peer_close_reasons_are_sanitised_and_capped() {
     router.shutdown().await.unwrap();
 
     // A hostile dialer closing a live session with the same reason.
-    let server_ep = bind_loopback(Some(key(1))).await.unwrap();
-    let addr = loopback_addr(&server_ep);
-    let table = MemberTable::new();
-    table.add(library(1), id(2), device(2));
-    table.add(library(1), id(3), device(3));
-    let handler = Answering::new([local(library(1), device(1), 0)]);
-    let router = Router::builder(server_ep)
-        .accept(SYNC_ALPN, SyncProtocol::new(table, Arc::clone(&handler), ProtoConfig::default()))
-        .spawn();
+    let (router, addr, _table, handler) = two_member_node(ProtoConfig::default()).await;
     let ep = attacker(2).await;
     let conn = raw(&ep, &addr).await;
     let (mut send, _recv) = raw_session(&conn, device(2)).await;
