@@ -326,7 +326,14 @@ async fn streams_a_member_never_reads_cost_bounded_memory() {
         assert!(!opens_at_once(conn.open_uni()).await, "a unidirectional stream opened");
         conns.push((conn, send, recv));
     }
-    let after = node.measure().await;
+    // The node counts a hello as pending once it has read its first bytes: wait for all four
+    // (on a condition, with a deadline) before measuring.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut after = node.measure().await;
+    while after.pending < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = node.measure().await;
+    }
     let grown = after.rss_kib.saturating_sub(before.rss_kib);
     println!(
         "8 connections of one member wrote {} KiB; node rss {} -> {} KiB (+{} KiB), tasks {} -> {}, live {}, pending {}",
