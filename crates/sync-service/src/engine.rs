@@ -500,9 +500,8 @@ impl Engine {
         });
         self.last_error =
             Some("this device was removed from the library (its device row is deleted)".into());
-        // A device that removed itself first hands its last changes (the removal among them)
-        // to the others, for at most `stuck_after`; then, or at once when removed by another
-        // member, it stops talking to anyone.
+        // A removed device first hands over what it has not sent (a device that removed
+        // itself: its removal among it), for at most `stuck_after`; then it talks to nobody.
         self.refresh_counts().await;
         let unsent = self.outbox_len + self.resubmit_len > 0;
         if unsent && since.elapsed() < self.cfg.stuck_after {
@@ -580,7 +579,11 @@ impl Engine {
                     self.forward(false).await;
                 }
             }
-            Control::Members(list) => self.apply_members(list),
+            Control::Members(list) => {
+                // The rows still decide: computed again after this round.
+                self.named = list.into_iter().map(|m| (m.device, m)).collect();
+                self.members_due = true;
+            }
             Control::Shutdown(_) => {}
         }
     }

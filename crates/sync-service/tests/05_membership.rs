@@ -131,3 +131,32 @@ async fn a_device_row_added_lets_a_new_device_in() {
     c.assert_all_present().await;
     c.shutdown_all().await;
 }
+
+/// The rows decide over the host: once device 2's row is tombstoned, a host that names it
+/// again (`set_members` with every device) does not bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naming_a_removed_device_again_does_not_readmit_it() {
+    let mut c = Cluster::new(3, common::seed(54)).await;
+    c.wait_leader(T).await;
+    pair_everyone(&mut c).await;
+    c.svc(0).commit(vec![Op::delete::<Device>(Id(c.devices[2].id.0))]).await.unwrap();
+    c.wait_for("devices 0 and 1 to drop device 2", T, || async {
+        !lists(&c, 0, 2) && !lists(&c, 1, 2)
+    })
+    .await;
+    for i in 0..2 {
+        c.svc(i).set_members(c.members()).unwrap();
+    }
+    c.write(0, "after naming it again").await;
+    c.wait_for("the two members to sync", T, || async {
+        let (a, b) = (c.svc(0).status(), c.svc(1).status());
+        a.log_head == b.log_head && a.outbox_len == 0 && b.outbox_len == 0
+    })
+    .await;
+    assert!(!lists(&c, 0, 2) && !lists(&c, 1, 2), "the tombstone still shuts it out");
+    assert!(!connected(&c, 2, 0) && !connected(&c, 2, 1));
+    c.kill(2);
+    c.wait_converged(T).await;
+    c.assert_all_present().await;
+    c.shutdown_all().await;
+}
