@@ -279,6 +279,27 @@ impl Change {
     pub fn stamp(&self) -> Stamp {
         Stamp { version: self.version, hlc: self.hlc, device: self.origin.device }
     }
+
+    /// An upper bound of this change's encoded size in bytes (its payload and model name, plus
+    /// the fixed fields at their widest): what the write path and the sync service budget
+    /// rows and messages with.
+    ///
+    /// ```
+    /// # use sync_log::{Change, ChangeType, DeviceId, Hlc, OriginKey};
+    /// let change = Change {
+    ///     origin: OriginKey { device: DeviceId::new_v7(), seq: u64::MAX },
+    ///     hlc: Hlc(u64::MAX),
+    ///     model: "tag".into(),
+    ///     record: uuid::Uuid::now_v7(),
+    ///     change: ChangeType::Update,
+    ///     version: u64::MAX,
+    ///     payload: vec![7; 1_000],
+    /// };
+    /// assert!(sync_log::codec::encode(&change).unwrap().len() <= change.size_bound());
+    /// ```
+    pub fn size_bound(&self) -> usize {
+        self.payload.len() + self.model.len() + 96
+    }
 }
 
 /// A 32-byte running checksum: `blake3(previous checksum ‖ entry)`. Two logs that agree on

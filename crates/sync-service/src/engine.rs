@@ -190,11 +190,6 @@ pub(crate) struct Engine {
     kept: u64,
 }
 
-/// About how many bytes `change` takes in a message (its payload dominates).
-fn change_bytes(change: &Change) -> usize {
-    change.payload.len() + change.model.len() + 96
-}
-
 /// The length of the longest prefix of `items` within `budget` bytes, at least one item.
 fn within_budget<T>(items: &[T], budget: usize, bytes: impl Fn(&T) -> usize) -> usize {
     let mut total = 0usize;
@@ -1038,7 +1033,7 @@ impl Engine {
             outbox.retain(|c| c.origin.device != me || c.origin.seq > through);
             let resubmits = changes.len();
             changes.append(&mut outbox);
-            let fit = within_budget(&changes, self.cfg.message_bytes, change_bytes);
+            let fit = within_budget(&changes, self.cfg.message_bytes, Change::size_bound);
             let cut = fit < changes.len();
             if cut {
                 changes.truncate(fit);
@@ -1075,7 +1070,7 @@ impl Engine {
             Ok(mut entries) => {
                 // A page of large entries ends early: no message outgrows the frame limit.
                 entries.truncate(within_budget(&entries, self.cfg.message_bytes, |e| {
-                    change_bytes(&e.change)
+                    e.change.size_bound()
                 }));
                 let latest = self.head.seq;
                 let more = entries.last().is_some_and(|e| e.seq < latest);
@@ -1245,7 +1240,7 @@ impl Engine {
         let latest = self.head.seq;
         // Entries too large for one message are announced instead (the followers fetch them
         // in pages that fit).
-        let fits = within_budget(&entries, self.cfg.message_bytes, |e| change_bytes(&e.change))
+        let fits = within_budget(&entries, self.cfg.message_bytes, |e| e.change.size_bound())
             == entries.len();
         let push = (!entries.is_empty() && fits).then_some(Push { epoch, entries });
         for p in self.peers.values_mut() {

@@ -55,11 +55,7 @@ async fn a_tombstoned_device_row_shuts_the_device_out() {
     c.svc(2).commit(vec![Op::put(library_models::Tag::new("removed".into(), None))]).await.unwrap();
     c.write(0, "after the removal").await;
     c.write(1, "from the other member").await;
-    c.wait_for("the two members to sync", T, || async {
-        let (a, b) = (c.svc(0).status(), c.svc(1).status());
-        a.log_head == b.log_head && a.outbox_len == 0 && b.outbox_len == 0
-    })
-    .await;
+    c.wait_synced(&[0, 1], T).await;
     assert_eq!(c.svc(2).status().log_head.seq, cut_at, "nothing reached the removed device");
     assert!(
         c.svc(2).status().role != sync_service::Role::Leader,
@@ -148,11 +144,7 @@ async fn naming_a_removed_device_again_does_not_readmit_it() {
         c.svc(i).set_members(c.members()).unwrap();
     }
     c.write(0, "after naming it again").await;
-    c.wait_for("the two members to sync", T, || async {
-        let (a, b) = (c.svc(0).status(), c.svc(1).status());
-        a.log_head == b.log_head && a.outbox_len == 0 && b.outbox_len == 0
-    })
-    .await;
+    c.wait_synced(&[0, 1], T).await;
     assert!(!lists(&c, 0, 2) && !lists(&c, 1, 2), "the tombstone still shuts it out");
     assert!(!connected(&c, 2, 0) && !connected(&c, 2, 1));
     c.kill(2);

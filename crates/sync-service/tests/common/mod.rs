@@ -341,6 +341,16 @@ impl Cluster {
         self.leader().unwrap()
     }
 
+    /// Waits until `devices` hold the same log head and have nothing left to send (the
+    /// others may be cut off).
+    pub async fn wait_synced(&self, devices: &[usize], deadline: Duration) {
+        self.wait_for("the devices to sync", deadline, || async {
+            let statuses: Vec<_> = devices.iter().map(|&i| self.svc(i).status()).collect();
+            statuses.iter().all(|s| s.outbox_len == 0 && s.log_head == statuses[0].log_head)
+        })
+        .await;
+    }
+
     /// Every running device: same content hash, nothing waiting to be sent, same head.
     pub async fn converged(&self) -> bool {
         let running = self.running();

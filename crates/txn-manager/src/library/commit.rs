@@ -160,7 +160,7 @@ pub(super) fn insert_outbox(conn: &mut SqliteConnection, changes: &[Change]) -> 
     let mut rows = Vec::new();
     let (mut start, mut bytes) = (0, 0usize);
     for (i, c) in changes.iter().enumerate() {
-        let size = c.payload.len() + c.model.len() + 64;
+        let size = c.size_bound();
         if i > start && bytes + size > OUTBOX_ROW_BYTES {
             rows.push(OutboxRow::new(&changes[start..i])?);
             (start, bytes) = (i, 0);
