@@ -973,8 +973,25 @@ macro_rules! model {
             $changes,
             $name::__empty,
             |row, patch, change| $name::__merge(row, patch, change).map(|(won, changed, _)| (won, changed)),
-            |conn, ids| $table::table.filter($table::uuid.eq_any(ids)).select($name::as_select()).load(conn),
-            |conn, rows| $crate::__private::diesel::replace_into($table::table).values(rows).execute(conn),
+            // One statement per record: a lookup by key and a one-row `REPLACE` are prepared
+            // once and cached, where `IN (…)` and multi-row statements are parsed again on
+            // every call (their text depends on the count).
+            |conn, ids| {
+                let mut rows = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if let Some(row) = $table::table.find(id).select($name::as_select()).get_result(conn).optional()? {
+                        rows.push(row);
+                    }
+                }
+                Ok(rows)
+            },
+            |conn, rows| {
+                let mut n = 0;
+                for row in rows {
+                    n += $crate::__private::diesel::replace_into($table::table).values(row).execute(conn)?;
+                }
+                Ok(n)
+            },
         )
     }};
 

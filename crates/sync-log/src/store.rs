@@ -456,13 +456,10 @@ impl SyncLogStore {
                 head = entry.position();
                 fresh.push(entry);
             }
-            for chunk in fresh.chunks(INSERT_CHUNK) {
-                let rows: Vec<NewRow<'_>> = chunk
-                    .iter()
-                    .map(|e| new_row(e.seq, e.epoch, &e.change, &e.checksum.0))
-                    .collect();
-                diesel::insert_into(sync_log::table).values(&rows).execute(conn)?;
-            }
+            insert_rows(
+                conn,
+                fresh.iter().map(|e| new_row(e.seq, e.epoch, &e.change, &e.checksum.0)),
+            )?;
             Ok::<_, Error>((floor, head))
         });
         match result {
@@ -780,12 +777,24 @@ fn plan_and_insert(
         planned.push((seq, checksum, change));
         out.push(Appended { seq, new: true });
     }
-    for chunk in planned.chunks(INSERT_CHUNK) {
-        let rows: Vec<NewRow<'_>> =
-            chunk.iter().map(|(seq, sum, change)| new_row(*seq, epoch, change, &sum.0)).collect();
-        diesel::insert_into(sync_log::table).values(&rows).execute(conn)?;
-    }
+    insert_rows(
+        conn,
+        planned.iter().map(|(seq, sum, change)| new_row(*seq, epoch, change, &sum.0)),
+    )?;
     Ok((out, head))
+}
+
+/// Inserts log rows one statement each. The one-row `INSERT` is a statement diesel prepares
+/// once and caches; a multi-row `INSERT` (its text depends on the row count) is parsed and
+/// planned again on every call, which cost more than the rows themselves.
+fn insert_rows<'a>(
+    conn: &mut SqliteConnection,
+    rows: impl Iterator<Item = NewRow<'a>>,
+) -> QueryResult<()> {
+    for row in rows {
+        diesel::insert_into(sync_log::table).values(&row).execute(conn)?;
+    }
+    Ok(())
 }
 
 /// The seq of `change`'s origin key in the log, if it is there; the same key with a different
