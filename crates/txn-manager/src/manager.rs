@@ -83,6 +83,17 @@ impl TransactionManager {
         .map_err(|e| Error::Task(e.to_string()))?
     }
 
+    /// Runs `f` on the library on the current thread, waiting for the lock. For callers that
+    /// are already on a thread that may block (a blocking-pool thread, or a thread of their
+    /// own such as a sync engine's); never call it from a task of a shared async runtime.
+    pub fn with_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Library) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut lib = self.inner.lock().map_err(|_| Error::Task("library poisoned".into()))?;
+        f(&mut lib)
+    }
+
     /// See [`Library::commit`].
     pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Change>, Error> {
         self.with(move |l| l.commit(ops)).await

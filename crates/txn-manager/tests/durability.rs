@@ -103,3 +103,33 @@ fn a_library_behind_its_log_catches_up_to_the_same_tables() {
     assert_eq!(lib.content_hash().unwrap(), before);
     assert!(lib.outbox(10).unwrap().is_empty());
 }
+
+/// A leader pushes between appending to its log and applying it (`sequence_log`, then
+/// `catch_up`). A crash in between leaves the library behind its log with the outbox rows in
+/// place: at the next open they are applied and removed, never sequenced a second time.
+#[test]
+fn a_crash_between_sequencing_and_applying_sequences_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    {
+        let (mut lib, mut log) = open(dir);
+        lib.commit(vec![Op::put(Tag::new("a".into(), None)), Op::put(Tag::new("b".into(), None))])
+            .unwrap();
+        lib.commit(vec![Op::put(Tag::new("c".into(), None))]).unwrap();
+        assert_eq!(lib.sequence_log(&mut log, Epoch(1)).unwrap(), Seq(3));
+        assert_eq!(lib.applied_seq(), Seq(0), "sequence_log applies nothing");
+        assert_eq!(lib.outbox_len().unwrap(), 3, "the changes wait until they are applied");
+        // Crash: dropped before `catch_up`.
+    }
+    let (mut lib, mut log) = open(dir);
+    lib.catch_up(&mut log).unwrap();
+    assert_eq!(lib.applied_seq(), Seq(3));
+    assert_eq!(lib.outbox_len().unwrap(), 0);
+    // Sequencing again appends nothing: every change is in the log once.
+    assert_eq!(lib.sequence(&mut log, Epoch(1)).unwrap(), Seq(3));
+    let entries = log.read_after(Seq(0), 10).unwrap();
+    assert_eq!(entries.len(), 3);
+    let mut keys: Vec<_> = entries.iter().map(|e| e.change.origin).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), 3);
+}

@@ -11,18 +11,41 @@ impl Library {
     pub fn catch_up(&mut self, log: &mut SyncLogStore) -> Result<ApplyReport, Error> {
         self.check_log(log)?;
         self.finish_rewind(log)?;
+        self.apply_log(log, &[])
+    }
+
+    /// Applies the log beyond the applied seq. `stored`: entries just appended to the log
+    /// (so the log holds exactly them); when they continue the library up to the log's head
+    /// they are applied as they are instead of being read back and decoded again.
+    fn apply_log(
+        &mut self,
+        log: &mut SyncLogStore,
+        stored: &[LogEntry],
+    ) -> Result<ApplyReport, Error> {
+        let head = log.head().seq;
+        if self.applied_seq >= head {
+            return Ok(ApplyReport::default());
+        }
         // Re-keyed outbox rows go past every own key the log holds, not just past those
         // applied so far: a reused row met in the first batch must not be re-keyed onto keys
         // the next batches bring.
         self.rekey_floor = self.rekey_floor.max(log.max_origin_seq(self.device)?.unwrap_or(0));
         let mut total = ApplyReport::default();
-        loop {
+        let next = self.applied_seq.next();
+        let continues = stored.first().is_some_and(|e| e.seq <= next)
+            && stored.last().is_some_and(|e| e.seq == head);
+        if continues {
+            let fresh = stored.iter().position(|e| e.seq >= next).unwrap_or(stored.len());
+            total.add(self.apply_entries(&stored[fresh..])?);
+        }
+        while self.applied_seq < head {
             let entries = log.read_after(self.applied_seq, APPLY_BATCH)?;
             if entries.is_empty() {
-                return Ok(total);
+                break;
             }
             total.add(self.apply_entries(&entries)?);
         }
+        Ok(total)
     }
 
     /// Follower: stores `entries` from the leader in the sync log copy FIRST (so they are
@@ -37,7 +60,7 @@ impl Library {
         self.check_log(log)?;
         self.finish_rewind(log)?;
         log.append_sequenced(entries)?;
-        self.catch_up(log)
+        self.apply_log(log, entries)
     }
 
     /// Applies consecutive log entries in ONE transaction together with the new applied seq

@@ -52,6 +52,18 @@ impl Library {
     /// first, in their log order: a device that becomes leader after a divergence re-sequences
     /// what it holds. A pending rewind is finished before anything else.
     pub fn sequence(&mut self, log: &mut SyncLogStore, epoch: Epoch) -> Result<Seq, Error> {
+        self.sequence_log(log, epoch)?;
+        self.catch_up(log)?;
+        Ok(log.head().seq)
+    }
+
+    /// Leader: the first half of [`Library::sequence`]: appends the re-submissions and the
+    /// outbox to the sync log, without applying them. The library is then behind its log (as
+    /// after a crash between the two files) until [`Library::catch_up`], which removes the
+    /// outbox rows. A leader pushes the new entries in between: they are durable in the log
+    /// once this returns, and a follower need not wait for the leader's own bookkeeping.
+    /// Returns the log head.
+    pub fn sequence_log(&mut self, log: &mut SyncLogStore, epoch: Epoch) -> Result<Seq, Error> {
         self.finish_rewind(log)?;
         // Apply what the log holds first: an own entry under a key an outbox row reuses
         // re-keys that row here, before the row is appended under the taken key.
@@ -73,7 +85,6 @@ impl Library {
                 );
             }
         }
-        self.catch_up(log)?;
         let head = log.head().seq;
         self.emit(Event::Sequenced { head });
         Ok(head)
