@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use leadership::{DriverHandle, Message as LMessage, RoleChange as LChange, Term};
-use sync_log::{Change, DeviceId, Epoch, LibraryId, LogEntry, Position, Seq, SyncLog};
+use sync_log::{
+    Change, DeviceId, Epoch, LibraryId, LogEntry, Position, Seq, SyncLog, SyncLogStore,
+};
 use sync_proto::{
     Ack, Assigned, Divergence, Entries, ErrorCode, ErrorMessage, Fetch, LocalState, MemberTable,
     Message, PeerInfo, Ping, Pong, Push, PushNotice, SnapshotRequired, Submit, SubmitAck,
@@ -89,9 +91,12 @@ const SUBMITS_IN_FLIGHT: usize = 4;
 /// A write to the library and its log, run in one blocking call with the reads that follow
 /// it (see [`Engine::write`]).
 enum Write {
-    /// Leader: sequence the outbox and re-submissions.
+    /// Leader: append the outbox and re-submissions to the log (not applied yet: the entries
+    /// are pushed first, then [`Write::CatchUp`] applies them).
     Sequence(Epoch),
-    /// Apply what the log holds beyond the library (after an append of submits).
+    /// Nothing: only the reads (after submits were appended to the log).
+    Read,
+    /// Apply what the log holds beyond the library.
     CatchUp,
     /// Follower: entries from the leader.
     Receive(Vec<LogEntry>),
@@ -128,6 +133,8 @@ pub(crate) struct EngineParts {
     pub(crate) seed: u64,
     /// Set when the service stops (cleanly or not): the dial loops end.
     pub(crate) stop: Arc<watch::Sender<bool>>,
+    /// The host's runtime: the dial loops run there, not on the engine's own thread.
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 pub(crate) struct Engine {
@@ -147,6 +154,7 @@ pub(crate) struct Engine {
     status_tx: watch::Sender<Status>,
     events: broadcast::Sender<Event>,
     seed: u64,
+    runtime: tokio::runtime::Handle,
 
     /// Who may connect now (from the device rows and `named`: [`plan::membership`]).
     members: BTreeMap<DeviceId, Member>,
@@ -172,6 +180,10 @@ pub(crate) struct Engine {
     submits: Vec<(DeviceId, Vec<Change>)>,
     /// Follower: the newest seq the leader announced.
     leader_seq: Seq,
+    /// Follower: consecutive entries pushed by one peer in this round, not applied yet. A
+    /// burst of pushes is applied in one write (one log sync), at the end of the round or
+    /// before any other event is handled, so the order of events is kept.
+    received: Option<(DeviceId, Vec<LogEntry>, usize)>,
     /// Since when this device has been behind the leader.
     behind_since: Option<Instant>,
     /// When `applied` last advanced.
@@ -207,6 +219,51 @@ pub(crate) fn touches_devices<'a>(mut changes: impl Iterator<Item = &'a Change>)
     changes.any(|c| c.model == txn_manager::DEVICE_MODEL)
 }
 
+/// A running engine: its thread and the task on it.
+pub(crate) struct EngineTask {
+    abort: tokio::task::AbortHandle,
+    done: oneshot::Receiver<()>,
+}
+
+impl EngineTask {
+    /// Stops the engine at its next await point, as a crash would.
+    pub(crate) fn abort(&self) {
+        self.abort.abort();
+    }
+
+    /// Waits until the engine's thread has finished.
+    pub(crate) async fn join(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Starts `engine` on a thread of its own, with a current-thread runtime for its timers.
+///
+/// The engine is the library's one writer and calls SQLite inline ([`Engine::storage`]):
+/// a message from a peer wakes one thread, not a runtime worker and then a blocking-pool
+/// thread and then the worker again, and a slow disk never holds a worker of the host's
+/// runtime. What the engine spawns (the dial loops) runs on the host's runtime.
+pub(crate) fn spawn(
+    engine: Engine,
+    members: Vec<Member>,
+    inbox: mpsc::Receiver<FromPeer>,
+    control: mpsc::UnboundedReceiver<Control>,
+    span: tracing::Span,
+) -> std::io::Result<EngineTask> {
+    use tracing::Instrument;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    let task = runtime.spawn(engine.run(members, inbox, control).instrument(span));
+    let abort = task.abort_handle();
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new().name("sync-engine".into()).spawn(move || {
+        let _ = runtime.block_on(task);
+        // Tasks and blocking calls of this runtime end before the join returns.
+        drop(runtime);
+        let _ = done_tx.send(());
+    })?;
+    Ok(EngineTask { abort, done })
+}
+
 /// How many ready events are handled before the leader sequences and pushes: what arrived
 /// while the previous push was in flight is coalesced into one batch.
 const DRAIN: usize = 256;
@@ -232,6 +289,7 @@ impl Engine {
             status_tx: parts.status_tx,
             events: parts.events,
             seed: parts.seed,
+            runtime: parts.runtime,
             members: BTreeMap::new(),
             named: BTreeMap::new(),
             members_due: false,
@@ -246,6 +304,7 @@ impl Engine {
             sequence_due: false,
             submits: Vec::new(),
             leader_seq: Seq::ZERO,
+            received: None,
             behind_since: None,
             progress: now,
             fetch: None,
@@ -270,7 +329,7 @@ impl Engine {
         mut control: mpsc::UnboundedReceiver<Control>,
     ) {
         // Recovery: whatever a crash left between the two files is applied (or rewound).
-        if let Err(e) = self.tm.catch_up(self.log.clone()).await {
+        if let Err(e) = self.storage(|l, s| l.catch_up(s)) {
             self.fail("catch-up at start", &e);
         }
         self.refresh().await;
@@ -310,6 +369,7 @@ impl Engine {
                     Err(_) => break,
                 }
             }
+            self.apply_received().await;
             self.step().await;
             if std::mem::take(&mut self.members_due) {
                 self.refresh_members().await;
@@ -332,11 +392,18 @@ impl Engine {
         self.last_error = Some(format!("{what}: {e}"));
     }
 
+    /// Runs `f` on the library and its log, on this thread: the engine has a thread of its
+    /// own (see [`spawn`]), so SQLite is called inline, without a trip to a blocking pool.
+    /// Lock order: library, then log (as everywhere).
+    fn storage<T>(
+        &self,
+        f: impl FnOnce(&mut txn_manager::Library, &mut SyncLogStore) -> Result<T, txn_manager::Error>,
+    ) -> Result<T, txn_manager::Error> {
+        self.tm.with_blocking(|l| self.log.with_blocking(|s| Ok(f(l, s)))?)
+    }
+
     async fn refresh(&mut self) {
-        let log = self.log.clone();
-        let read =
-            self.tm.with(move |l| Ok((log.with_blocking(|s| Ok(s.head()))?, l.applied_seq())));
-        match read.await {
+        match self.storage(|l, s| Ok((s.head(), l.applied_seq()))) {
             Ok((head, applied)) => self.set_position(head, applied),
             Err(e) => self.fail("reading the log head and the applied seq", &e),
         }
@@ -362,31 +429,23 @@ impl Engine {
         write: Write,
         read_after: Option<Seq>,
     ) -> Result<Written, txn_manager::Error> {
-        let log = self.log.clone();
         let push_max = self.cfg.push_max as u64;
-        let written = self
-            .tm
-            .with(move |l| {
-                log.with_blocking(|s| {
-                    let result = match write {
-                        Write::Sequence(epoch) => l.sequence(s, epoch).map(|_| ()),
-                        Write::CatchUp => l.catch_up(s).map(|_| ()),
-                        Write::Receive(entries) => l.receive(s, &entries).map(|_| ()),
-                    };
-                    if let Err(e) = result {
-                        return Ok(Err(e));
-                    }
-                    let head = s.head();
-                    let fresh = match read_after {
-                        Some(after) if head.seq > after && head.seq.0 - after.0 <= push_max => {
-                            Some(s.read_after(after, (head.seq.0 - after.0) as usize)?)
-                        }
-                        _ => None,
-                    };
-                    Ok(Ok(Written { head, applied: l.applied_seq(), fresh }))
-                })?
-            })
-            .await;
+        let written = self.storage(|l, s| {
+            match write {
+                Write::Sequence(epoch) => l.sequence_log(s, epoch).map(|_| ()),
+                Write::Read => Ok(()),
+                Write::CatchUp => l.catch_up(s).map(|_| ()),
+                Write::Receive(entries) => l.receive(s, &entries).map(|_| ()),
+            }?;
+            let head = s.head();
+            let fresh = match read_after {
+                Some(after) if head.seq > after && head.seq.0 - after.0 <= push_max => {
+                    Some(s.read_after(after, (head.seq.0 - after.0) as usize)?)
+                }
+                _ => None,
+            };
+            Ok(Written { head, applied: l.applied_seq(), fresh })
+        });
         match written {
             Ok(w) => {
                 self.set_position(w.head, w.applied);
@@ -423,14 +482,11 @@ impl Engine {
     }
 
     async fn refresh_counts(&mut self) {
-        let counts = self
-            .tm
-            .with(|l| {
-                let outbox = l.outbox_len()?;
-                let kept = l.pending_count()?;
-                Ok((outbox, l.resubmit_count(), kept))
-            })
-            .await;
+        let counts = self.tm.with_blocking(|l| {
+            let outbox = l.outbox_len()?;
+            let kept = l.pending_count()?;
+            Ok((outbox, l.resubmit_count(), kept))
+        });
         match counts {
             Ok((o, r, k)) => (self.outbox_len, self.resubmit_len, self.kept) = (o, r, k),
             Err(e) => self.fail("counting the outbox", &e),
@@ -476,7 +532,7 @@ impl Engine {
     /// Computes the membership again from the device rows and the named members, and applies
     /// it (a removed device's session closed, a new member dialled).
     async fn refresh_members(&mut self) {
-        let rows = match self.tm.roster().await {
+        let rows = match self.tm.with_blocking(|l| l.roster()) {
             Ok(rows) => rows,
             Err(e) => {
                 self.fail("reading the device rows", &e);
@@ -541,7 +597,7 @@ impl Engine {
                 && !self.dialers.contains_key(device)
             {
                 let seed = self.seed ^ device.0.as_u128() as u64;
-                let task = tokio::spawn(dial_loop(
+                let task = self.runtime.spawn(dial_loop(
                     self.connector.clone(),
                     member.clone(),
                     self.local_tx.subscribe(),
@@ -561,6 +617,7 @@ impl Engine {
     // ---- control ----------------------------------------------------------------------------
 
     async fn on_control(&mut self, c: Control) {
+        self.apply_received().await;
         match c {
             Control::Role(change) => self.on_role(change).await,
             Control::Kick { devices } => {
@@ -619,6 +676,9 @@ impl Engine {
     // ---- peers ------------------------------------------------------------------------------
 
     async fn on_peer(&mut self, ev: FromPeer) {
+        if !matches!(&ev, FromPeer::Msg { msg: Message::Push(_), .. }) {
+            self.apply_received().await;
+        }
         match ev {
             FromPeer::Up { peer, session, tx, close, info } => {
                 self.on_up(peer, session, tx, close, info).await
@@ -685,7 +745,7 @@ impl Engine {
         }
         let ours = match self.known_checksum(theirs.seq) {
             Some(ours) => Ok(Some(ours)),
-            None => self.log.checksum_at(theirs.seq).await,
+            None => self.log.with_blocking(|s| s.checksum_at(theirs.seq)),
         };
         match ours {
             Ok(Some(ours)) if ours != theirs.checksum => {
@@ -711,7 +771,7 @@ impl Engine {
             && theirs.seq <= self.head.seq
             && theirs.seq > Seq::ZERO
         {
-            match self.log.checksum_at(theirs.seq).await {
+            match self.log.with_blocking(|s| s.checksum_at(theirs.seq)) {
                 Ok(Some(ours)) if ours != theirs.checksum => {
                     self.start_search(leader, theirs.seq).await;
                     return;
@@ -854,10 +914,33 @@ impl Engine {
                 return;
             }
         }
-        if let Some(last) = push.entries.last() {
-            self.leader_seq = self.leader_seq.max(last.seq);
+        let Some(last) = push.entries.last().map(|e| e.seq) else { return };
+        self.leader_seq = self.leader_seq.max(last);
+        let first = push.entries.first().map(|e| e.seq);
+        let bytes: usize = push.entries.iter().map(|e| e.change.size_bound()).sum();
+        match &mut self.received {
+            // Held up to a page of entries and `message_bytes`, like one fetched page.
+            Some((from, held, held_bytes))
+                if *from == peer
+                    && held.len() < self.cfg.page as usize
+                    && *held_bytes + bytes <= self.cfg.message_bytes
+                    && held.last().map(|e| e.seq.next()) == first =>
+            {
+                held.extend(push.entries);
+                *held_bytes += bytes;
+            }
+            _ => {
+                self.apply_received().await;
+                self.received = Some((peer, push.entries, bytes));
+            }
         }
-        self.apply(peer, push.entries).await;
+    }
+
+    /// Applies the pushed entries held in this round (see [`Engine::received`]).
+    async fn apply_received(&mut self) {
+        if let Some((from, entries, _)) = self.received.take() {
+            self.apply(from, entries).await;
+        }
     }
 
     async fn on_entries(&mut self, peer: DeviceId, entries: Entries) {
@@ -917,7 +1000,7 @@ impl Engine {
     }
 
     async fn start_search(&mut self, peer: DeviceId, differs: Seq) {
-        let floor = match self.log.with(|s| Ok(s.floor())).await {
+        let floor = match self.log.with_blocking(|s| Ok(s.floor())) {
             Ok(floor) => floor.seq,
             Err(e) => {
                 self.fail("reading the log floor", &e);
@@ -954,7 +1037,7 @@ impl Engine {
         if theirs.is_none() && !entries.entries.is_empty() {
             return; // an answer to something else
         }
-        let ours = match self.log.checksum_at(probe).await {
+        let ours = match self.log.with_blocking(|s| s.checksum_at(probe)) {
             Ok(ours) => ours,
             Err(e) => {
                 self.fail("reading a checksum", &e);
@@ -970,7 +1053,7 @@ impl Engine {
 
     async fn finish_search(&mut self, common: Seq) {
         self.search = None;
-        match self.tm.rewind(self.log.clone(), common).await {
+        match self.storage(|l, s| l.rewind(s, common)) {
             Ok(report) => {
                 self.rewinds += 1;
                 info!(library = %self.library, common = %common, discarded = report.discarded, "rewound after a divergence");
@@ -1007,19 +1090,13 @@ impl Engine {
                 return;
             }
             let through = self.forwarded.through;
-            let read = self
-                .tm
-                .with(move |l| {
-                    let resubmits = if resubmit && l.resubmit_count() > 0 {
-                        l.resubmit(page)?
-                    } else {
-                        Vec::new()
-                    };
-                    let outbox = l.outbox_after_seq(through, page)?;
-                    let full = outbox.len() >= page;
-                    Ok((resubmits, outbox, full))
-                })
-                .await;
+            let read = self.tm.with_blocking(|l| {
+                let resubmits =
+                    if resubmit && l.resubmit_count() > 0 { l.resubmit(page)? } else { Vec::new() };
+                let outbox = l.outbox_after_seq(through, page)?;
+                let full = outbox.len() >= page;
+                Ok((resubmits, outbox, full))
+            });
             let (mut changes, mut outbox, mut more) = match read {
                 Ok(read) => read,
                 Err(e) => {
@@ -1066,7 +1143,7 @@ impl Engine {
 
     async fn serve_fetch(&mut self, peer: DeviceId, fetch: Fetch) {
         let limit = fetch.limit.clamp(1, self.cfg.page) as usize;
-        let reply = match self.log.read_after(fetch.after, limit).await {
+        let reply = match self.log.with_blocking(|s| s.read_after(fetch.after, limit)) {
             Ok(mut entries) => {
                 // A page of large entries ends early: no message outgrows the frame limit.
                 entries.truncate(within_budget(&entries, self.cfg.message_bytes, |e| {
@@ -1077,7 +1154,7 @@ impl Engine {
                 Message::Entries(Entries { entries, latest, more })
             }
             Err(sync_log::Error::Pruned { floor, .. }) => {
-                let snapshot = self.log.with(|s| Ok(s.floor())).await.unwrap_or_default();
+                let snapshot = self.log.with_blocking(|s| Ok(s.floor())).unwrap_or_default();
                 Message::SnapshotRequired(SnapshotRequired {
                     compacted_through: floor,
                     snapshot,
@@ -1146,27 +1223,35 @@ impl Engine {
         if self.can_sequence() != Some(term) {
             return;
         }
-        let write = if self.sequence_due {
-            self.sequence_due = false;
-            Some(Write::Sequence(epoch))
-        } else if appended {
-            Some(Write::CatchUp)
-        } else if self.head.seq > self.pushed_through {
-            None
+        let sequence = std::mem::take(&mut self.sequence_due);
+        let write = if sequence {
+            Write::Sequence(epoch)
+        } else if appended || self.head.seq > self.pushed_through || self.applied < self.head.seq {
+            // Submits appended, or a push or an apply left over from a failed round.
+            Write::Read
         } else {
             return;
         };
-        let mut fresh = None;
-        if let Some(write) = write {
-            match self.write(write, Some(self.pushed_through)).await {
-                Ok(written) => fresh = written.fresh,
+        // The log first, then the push, then the library's own bookkeeping (applying what
+        // followers submitted, removing our outbox rows): followers do not wait for it.
+        let fresh = match self.write(write, Some(self.pushed_through)).await {
+            Ok(written) => written.fresh,
+            Err(e) => {
+                self.fail("sequencing", &e);
+                self.sequence_due = true;
+                None
+            }
+        };
+        let pushed = self.push(term, fresh);
+        if self.applied < self.head.seq {
+            match self.write(Write::CatchUp, None).await {
+                Ok(_) => self.emit_applied(&pushed),
                 Err(e) => {
-                    self.fail("sequencing", &e);
+                    self.fail("applying what was sequenced", &e);
                     self.sequence_due = true;
                 }
             }
         }
-        self.push(term, fresh).await;
     }
 
     /// Appends the changes of `submits` in one transaction and answers each sender with the
@@ -1184,7 +1269,7 @@ impl Engine {
         let all: Vec<Change> = submits.into_iter().flat_map(|(_, changes)| changes).collect();
         // Applied by the catch-up that follows.
         self.members_due |= touches_devices(all.iter());
-        match self.log.append(epoch, all).await {
+        match self.log.with_blocking(|s| s.append(epoch, &all)) {
             Ok(result) => {
                 let new = result.iter().any(|a| a.new);
                 let mut result = result.into_iter();
@@ -1213,9 +1298,10 @@ impl Engine {
 
     /// Pushes the entries after `pushed_through` up to the head: `fresh` when it is exactly
     /// that range (read with the write), else read here; a range above `push_max` as a notice.
-    async fn push(&mut self, term: Term, fresh: Option<Vec<LogEntry>>) {
+    /// Returns the entries pushed (none when the range went as a notice).
+    fn push(&mut self, term: Term, fresh: Option<Vec<LogEntry>>) -> Vec<LogEntry> {
         if self.head.seq <= self.pushed_through {
-            return;
+            return Vec::new();
         }
         let first = self.pushed_through.next();
         let count = (self.head.seq.0 - self.pushed_through.0) as usize;
@@ -1224,25 +1310,29 @@ impl Engine {
         let entries = match fresh {
             Some(entries) if exact(&entries) => entries,
             _ if count <= self.cfg.push_max => {
-                match self.log.read_after(self.pushed_through, count).await {
+                let after = self.pushed_through;
+                match self.log.with_blocking(|s| s.read_after(after, count)) {
                     Ok(entries) => entries,
                     Err(e) => {
                         self.fail("reading entries to push", &e);
-                        return;
+                        return Vec::new();
                     }
                 }
             }
             _ => Vec::new(),
         };
         self.remember(&entries);
-        self.emit_applied(&entries);
         let epoch = wire::epoch_from_l(term.epoch);
         let latest = self.head.seq;
         // Entries too large for one message are announced instead (the followers fetch them
         // in pages that fit).
         let fits = within_budget(&entries, self.cfg.message_bytes, |e| e.change.size_bound())
             == entries.len();
-        let push = (!entries.is_empty() && fits).then_some(Push { epoch, entries });
+        let (push, unpushed) = if !entries.is_empty() && fits {
+            (Some(Push { epoch, entries }), Vec::new())
+        } else {
+            (None, entries)
+        };
         for p in self.peers.values_mut() {
             let notice_from = p.overflow.or(push.is_none().then_some(first));
             match (notice_from, &push) {
@@ -1260,11 +1350,13 @@ impl Engine {
             }
         }
         self.pushed_through = self.head.seq;
+        push.map_or(unpushed, |p| p.entries)
     }
 
     // ---- housekeeping ----------------------------------------------------------------------
 
     async fn on_tick(&mut self) {
+        self.apply_received().await;
         self.ticks += 1;
         self.nonce += 1;
         let nonce = self.nonce;
@@ -1436,6 +1528,7 @@ impl Engine {
     }
 
     async fn shutdown(&mut self) {
+        self.apply_received().await;
         info!(library = %self.library, device = %self.me, "shutting down");
         // Sequence (as leader) what is committed; as follower it stays in the outbox.
         if self.can_sequence().is_some() {

@@ -29,6 +29,9 @@ pub enum Error {
     /// A parameter is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(&'static str),
+    /// The engine's thread (or its runtime) could not be started.
+    #[error("starting the engine thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 impl From<txn_manager::Error> for Error {
@@ -50,6 +53,7 @@ impl Error {
             Self::Txn(e) => e.is_retryable(),
             Self::Log(e) => e.is_retryable(),
             Self::Leadership(e) => e.is_retryable(),
+            Self::Thread(_) => true,
             Self::Stopped | Self::SnapshotRequired { .. } | Self::InvalidConfig(_) => false,
         }
     }

@@ -9,11 +9,10 @@ use sync_log::{Change, DeviceId, LibraryId, SyncLog};
 use sync_proto::{Connector, LocalState, MemberTable};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 use txn_manager::{Op, TransactionManager};
 
 use crate::config::Config;
-use crate::engine::{Control, Engine, EngineParts};
+use crate::engine::{self, Control, Engine, EngineParts, EngineTask};
 use crate::error::{Error, Result};
 use crate::peer::{Acceptor, Deliver, DynConnector, Member, Outlets, SessionCtx};
 use crate::status::{Event, Status};
@@ -94,7 +93,7 @@ struct Inner {
     status: watch::Receiver<Status>,
     events: broadcast::Sender<Event>,
     accepting: AtomicBool,
-    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    task: std::sync::Mutex<Option<EngineTask>>,
     driver_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     stop: Arc<watch::Sender<bool>>,
     acceptor: Acceptor,
@@ -210,9 +209,11 @@ impl SyncService {
             events: events.clone(),
             seed,
             stop: Arc::clone(&stop),
+            runtime: tokio::runtime::Handle::current(),
         });
         let span = tracing::info_span!("library", %library, %device);
-        let task = tokio::spawn(engine.run(members, inbox_rx, control_rx).instrument(span));
+        let task =
+            engine::spawn(engine, members, inbox_rx, control_rx, span).map_err(Error::Thread)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 library,
@@ -301,7 +302,7 @@ impl SyncService {
         }
         let task = self.inner.task.lock().map(|mut t| t.take()).unwrap_or(None);
         if let Some(task) = task {
-            let _ = task.await;
+            task.join().await;
         }
         Ok(())
     }
@@ -312,12 +313,15 @@ impl SyncService {
         self.inner.accepting.store(false, Ordering::SeqCst);
         let _ = self.inner.stop.send(true);
         self.inner.acceptor.detach(&self.inner.library);
-        for slot in [&self.inner.task, &self.inner.driver_task] {
-            if let Ok(mut task) = slot.lock()
-                && let Some(task) = task.take()
-            {
-                task.abort();
-            }
+        if let Ok(mut task) = self.inner.task.lock()
+            && let Some(task) = task.take()
+        {
+            task.abort();
+        }
+        if let Ok(mut task) = self.inner.driver_task.lock()
+            && let Some(task) = task.take()
+        {
+            task.abort();
         }
     }
 }
