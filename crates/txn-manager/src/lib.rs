@@ -73,6 +73,7 @@
 #![deny(missing_docs)]
 
 mod conflicts;
+mod counters;
 mod error;
 mod hlc;
 mod leadership_store;

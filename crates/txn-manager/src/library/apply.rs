@@ -163,13 +163,14 @@ impl Library {
             apply_known(conn, registry, &known, &mut report)?;
             (origin_seq, rekeyed) = own.finish(conn, origin_seq, rekey_floor)?;
             conflicts = watch.record(conn, at_ms, capacity)?;
-            diesel::update(local_state::table.find(1))
-                .set((
-                    local_state::applied_seq.eq(to_db(last.0)),
-                    local_state::hlc.eq(to_db(hlc.last().0)),
-                    local_state::origin_seq.eq(to_db(origin_seq)),
-                ))
-                .execute(conn)?;
+            crate::counters::run(
+                conn,
+                crate::counters::SetApplied {
+                    applied_seq: to_db(last.0),
+                    hlc: to_db(hlc.last().0),
+                    origin_seq: to_db(origin_seq),
+                },
+            )?;
             Ok::<_, Error>(())
         })?;
         self.hlc = hlc;

@@ -177,11 +177,12 @@ pub(super) fn insert_outbox(conn: &mut SqliteConnection, changes: &[Change]) -> 
 }
 
 pub(super) fn save_counters(conn: &mut SqliteConnection, ctx: &StampCtx) -> Result<(), Error> {
-    diesel::update(local_state::table.find(1))
-        .set((
-            local_state::origin_seq.eq(to_db(ctx.origin_seq)),
-            local_state::hlc.eq(to_db(ctx.hlc.last().0)),
-        ))
-        .execute(conn)?;
+    crate::counters::run(
+        conn,
+        crate::counters::SetOriginAndClock {
+            origin_seq: to_db(ctx.origin_seq),
+            hlc: to_db(ctx.hlc.last().0),
+        },
+    )?;
     Ok(())
 }
