@@ -110,6 +110,16 @@ struct Written {
     fresh: Option<Vec<LogEntry>>,
 }
 
+/// A follower acks what it applied at most once per this period: a leader pushing a commit
+/// per millisecond is not sent (and does not wake for) an ack per push. An ack is never held
+/// back longer than this.
+const ACK_EVERY: Duration = Duration::from_millis(20);
+
+struct Acked {
+    at: Instant,
+    owed: Option<DeviceId>,
+}
+
 /// Positions of the entries pushed last, so most acks are checked without reading the log.
 const RECENT: usize = 4_096;
 
@@ -180,6 +190,8 @@ pub(crate) struct Engine {
     submits: Vec<(DeviceId, Vec<Change>)>,
     /// Follower: the newest seq the leader announced.
     leader_seq: Seq,
+    /// Follower: when the last ack after an apply went, and to whom one is owed.
+    acked: Acked,
     /// Follower: consecutive entries pushed by one peer in this round, not applied yet. A
     /// burst of pushes is applied in one write (one log sync), at the end of the round or
     /// before any other event is handled, so the order of events is kept.
@@ -304,6 +316,7 @@ impl Engine {
             sequence_due: false,
             submits: Vec::new(),
             leader_seq: Seq::ZERO,
+            acked: Acked { at: now, owed: None },
             received: None,
             behind_since: None,
             progress: now,
@@ -351,6 +364,9 @@ impl Engine {
                 },
                 Some(ev) = inbox.recv() => self.on_peer(ev).await,
                 _ = tick.tick() => self.on_tick().await,
+                _ = tokio::time::sleep_until(self.acked.at + ACK_EVERY), if self.acked.owed.is_some() => {
+                    self.send_owed_ack();
+                }
             }
             // Coalesce: handle what is already waiting before sequencing and pushing.
             for _ in 0..DRAIN {
@@ -989,13 +1005,29 @@ impl Engine {
                     self.forward(false).await;
                 }
                 self.emit_applied(&fresh);
-                self.send(from, Message::Ack(Ack { applied: self.head }));
+                self.ack(from);
             }
             Err(txn_manager::Error::Log(sync_log::Error::Diverged { seq, .. })) => {
                 self.start_search(from, seq).await;
             }
             Err(txn_manager::Error::Log(sync_log::Error::Gap { .. })) => self.request_fetch(),
             Err(e) => self.fail("applying entries", &e),
+        }
+    }
+
+    /// Acks our position to `to` now, or (within [`ACK_EVERY`] of the last ack) once the
+    /// period is over.
+    fn ack(&mut self, to: DeviceId) {
+        self.acked.owed = Some(to);
+        if self.acked.at.elapsed() >= ACK_EVERY {
+            self.send_owed_ack();
+        }
+    }
+
+    fn send_owed_ack(&mut self) {
+        if let Some(to) = self.acked.owed.take() {
+            self.send(to, Message::Ack(Ack { applied: self.head }));
+            self.acked.at = Instant::now();
         }
     }
 

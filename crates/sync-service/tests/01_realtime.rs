@@ -148,3 +148,35 @@ async fn a_concurrent_edit_is_listed_in_the_conflict_log() {
     c.assert_all_present().await;
     c.shutdown_all().await;
 }
+
+/// A burst of 300 single-change commits on the leader, faster than a follower syncs its log
+/// once per push: each follower applies every seq exactly once and in order (its `Applied`
+/// events tile the log, however many pushes one apply took), and the leader learns each
+/// follower's final position — acks are spaced out, but the last one is never held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_pushes_is_applied_in_order_and_the_final_position_acked() {
+    let mut c = Cluster::new(3, common::seed(7)).await;
+    assert_eq!(c.wait_leader(T).await, 0);
+    let mut events = c.svc(1).events();
+    for k in 0..300 {
+        c.write(0, &format!("burst {k}")).await;
+    }
+    c.wait_converged(T).await;
+    c.assert_all_present().await;
+    let head = c.svc(0).status().log_head;
+    assert_eq!(head.seq.0, 300);
+    c.wait_for("the leader to see both followers at its head", T, || async {
+        let s = c.svc(0).status();
+        s.peers.iter().filter(|p| p.connected && p.position == head).count() == 2
+    })
+    .await;
+    let mut next = 1;
+    while let Ok(ev) = events.try_recv() {
+        if let Event::Applied { from, through, .. } = ev {
+            assert_eq!(from.0, next, "applied batches tile the log in order");
+            next = through.0 + 1;
+        }
+    }
+    assert_eq!(next, 301, "every seq applied once");
+    c.shutdown_all().await;
+}
