@@ -1215,17 +1215,15 @@ impl SyncLog {
         T: Send + 'static,
         F: FnOnce(&mut SyncLogStore) -> Result<T, Error> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut store = inner.lock().map_err(|_| Error::Task("sync log poisoned".into()))?;
-            f(&mut store)
-        })
-        .await
-        .map_err(|e| Error::Task(e.to_string()))?
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.with_blocking(f))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
     }
 
-    /// Runs `f` on the store on the current thread. For callers that are already on a blocking
-    /// thread; never call it from async code.
+    /// Runs `f` on the store on the current thread, waiting for the lock. For callers that
+    /// are already on a thread that may block (a blocking-pool thread, or a thread of their
+    /// own such as a sync engine's); never call it from a task of a shared async runtime.
     pub fn with_blocking<T>(
         &self,
         f: impl FnOnce(&mut SyncLogStore) -> Result<T, Error>,

@@ -1,7 +1,7 @@
 //! The engine: one task per library that owns the sync state and reacts to messages from
 //! peers, leadership changes, local commits and a housekeeping tick. It carries out what
-//! [`crate::plan`] decides; the blocking work (SQLite) runs on tokio's blocking pool through
-//! the `TransactionManager` and `SyncLog` handles.
+//! [`crate::plan`] decides. It runs on a thread of its own ([`spawn`]) and calls SQLite
+//! inline through the `TransactionManager` and `SyncLog` handles (`with_blocking`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -439,7 +439,7 @@ impl Engine {
 
     /// Runs `write` and, in the same blocking call, reads the new head, the applied seq and
     /// (with `read_after = Some(seq)`) the entries after `seq` when there are at most
-    /// [`Config::push_max`]: one trip to the blocking pool per batch on the hot path.
+    /// [`Config::push_max`]: one lock of the two files per batch on the hot path.
     async fn write(
         &mut self,
         write: Write,

@@ -101,9 +101,9 @@ struct Inner {
 
 /// Real-time sync of one library on one device: a host runs one per library.
 ///
-/// It owns the library's engine task (leader sequencing and pushes, follower apply, catch-up,
-/// forwarding, divergence repair), the leadership driver and one session per peer. Cheap to
-/// clone. Writes go through [`SyncService::commit`]; they are durable locally when it returns,
+/// It owns the library's engine, on a thread of its own (leader sequencing and pushes,
+/// follower apply, catch-up, forwarding, divergence repair), the leadership driver and one
+/// session per peer. Cheap to clone. Writes go through [`SyncService::commit`]; they are durable locally when it returns,
 /// whether or not a leader is reachable.
 #[derive(Clone)]
 pub struct SyncService {

@@ -74,13 +74,10 @@ impl TransactionManager {
         T: Send + 'static,
         F: FnOnce(&mut Library) -> Result<T, Error> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut lib = inner.lock().map_err(|_| Error::Task("library poisoned".into()))?;
-            f(&mut lib)
-        })
-        .await
-        .map_err(|e| Error::Task(e.to_string()))?
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.with_blocking(f))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
     }
 
     /// Runs `f` on the library on the current thread, waiting for the lock. For callers that
