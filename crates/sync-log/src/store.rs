@@ -1309,4 +1309,33 @@ mod tests {
             assert_eq!(setting(&mut store.conn, "synchronous"), "2");
         }
     }
+
+    /// The writer's WAL settings are the ones `wal` documents: its own checkpoint at
+    /// `BACKSTOP_PAGES`, and a WAL file kept at `WAL_FILE_LIMIT`, above what one cycle fills.
+    #[test]
+    fn the_writer_keeps_its_wal_file_past_one_cycle() {
+        use crate::wal::{BACKSTOP_PAGES, WAL_FILE_LIMIT};
+        #[derive(QueryableByName)]
+        struct Autocheckpoint {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            wal_autocheckpoint: i64,
+        }
+        #[derive(QueryableByName)]
+        struct Limit {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            journal_size_limit: i64,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut store =
+            SyncLogStore::create(&dir.path().join("sync.db"), LibraryId::new_v7()).unwrap();
+        let pages = diesel::sql_query("PRAGMA wal_autocheckpoint")
+            .get_result::<Autocheckpoint>(&mut store.conn)
+            .unwrap();
+        assert_eq!(pages.wal_autocheckpoint, i64::from(BACKSTOP_PAGES));
+        let limit =
+            diesel::sql_query("PRAGMA journal_size_limit").get_result::<Limit>(&mut store.conn);
+        assert_eq!(limit.unwrap().journal_size_limit as u64, WAL_FILE_LIMIT);
+        let page: u64 = setting(&mut store.conn, "page_size").parse().unwrap();
+        assert!(WAL_FILE_LIMIT >= 2 * u64::from(BACKSTOP_PAGES) * (page + 24));
+    }
 }
