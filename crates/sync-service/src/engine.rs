@@ -231,6 +231,11 @@ pub(crate) fn touches_devices<'a>(mut changes: impl Iterator<Item = &'a Change>)
     changes.any(|c| c.model == txn_manager::DEVICE_MODEL)
 }
 
+/// The record an entry changed, as an `Applied` event names it.
+fn changed(e: &LogEntry) -> ChangedRecord {
+    ChangedRecord { model: e.change.model.clone(), record: e.change.record }
+}
+
 /// A running engine: its thread and the task on it.
 pub(crate) struct EngineTask {
     abort: tokio::task::AbortHandle,
@@ -532,15 +537,66 @@ impl Engine {
         }
         let mut seen = BTreeSet::new();
         for e in entries.iter().take(MAX_EVENT_RECORDS) {
-            seen.insert(ChangedRecord { model: e.change.model.clone(), record: e.change.record });
+            seen.insert(changed(e));
         }
+        self.send_applied(first.seq, last.seq, seen, entries.len() > MAX_EVENT_RECORDS);
+    }
+
+    /// The `Applied` event for the entries after `before` up to the applied seq: named from
+    /// `known` when it is exactly that range (the entries just pushed), else read back from
+    /// the log a page at a time (a range too large to push went as a notice, and the entries
+    /// were never in memory), up to [`MAX_EVENT_RECORDS`] entries.
+    fn emit_applied_since(&mut self, before: Seq, known: &[LogEntry]) {
+        let through = self.applied;
+        if through <= before {
+            return;
+        }
+        let exact = known.first().map(|e| e.seq) == Some(before.next())
+            && known.last().map(|e| e.seq) == Some(through);
+        if exact {
+            self.emit_applied(known);
+            return;
+        }
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let (mut seen, mut after, mut named) = (BTreeSet::new(), before, 0);
+        let truncated = loop {
+            if after >= through {
+                break false;
+            }
+            if named == MAX_EVENT_RECORDS {
+                break true;
+            }
+            let limit = (through.0 - after.0).min(u64::from(self.cfg.page)) as usize;
+            let limit = limit.min(MAX_EVENT_RECORDS - named);
+            let page = match self.log.with_blocking(|s| s.read_after(after, limit)) {
+                Ok(page) => page,
+                Err(e) => {
+                    // The event still goes, marked incomplete: refresh everything.
+                    self.fail("reading applied entries for the event", &e);
+                    break true;
+                }
+            };
+            let Some(last) = page.last().map(|e| e.seq) else { break false };
+            for e in page.iter().filter(|e| e.seq <= through) {
+                seen.insert(changed(e));
+                named += 1;
+            }
+            after = last;
+        };
+        self.send_applied(before.next(), through, seen, truncated);
+    }
+
+    fn send_applied(
+        &self,
+        from: Seq,
+        through: Seq,
+        seen: BTreeSet<ChangedRecord>,
+        truncated: bool,
+    ) {
         let records: Arc<[ChangedRecord]> = seen.into_iter().collect();
-        let _ = self.events.send(Event::Applied {
-            from: first.seq,
-            through: last.seq,
-            records,
-            truncated: entries.len() > MAX_EVENT_RECORDS,
-        });
+        let _ = self.events.send(Event::Applied { from, through, records, truncated });
     }
 
     // ---- members and dialling -------------------------------------------------------------
@@ -1276,8 +1332,9 @@ impl Engine {
         };
         let pushed = self.push(term, fresh);
         if self.applied < self.head.seq {
+            let before = self.applied;
             match self.write(Write::CatchUp, None).await {
-                Ok(_) => self.emit_applied(&pushed),
+                Ok(_) => self.emit_applied_since(before, &pushed),
                 Err(e) => {
                     self.fail("applying what was sequenced", &e);
                     self.sequence_due = true;

@@ -7,10 +7,11 @@ use library_models as _;
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::Cluster;
-use sync_service::{Event, Role};
+use sync_service::{Config, Event, Role};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -178,5 +179,39 @@ async fn a_burst_of_pushes_is_applied_in_order_and_the_final_position_acked() {
         }
     }
     assert_eq!(next, 301, "every seq applied once");
+    c.shutdown_all().await;
+}
+
+/// Commits larger than one push (`push_max`) and than one page, on the leader and on a
+/// follower: every device, the leader included, is told of every record in `Applied` events
+/// that tile the log in order — whether the entries went as a push, as a notice the followers
+/// fetched, or were applied by the leader without being pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_is_told_of_commits_past_one_push() {
+    let config = Config::default();
+    let count = config.push_max + config.page as usize / 2;
+    let mut c = Cluster::new(3, common::seed(8)).await;
+    assert_eq!(c.wait_leader(T).await, 0);
+    let mut events: Vec<_> = (0..3).map(|i| c.svc(i).events()).collect();
+    let mut written: BTreeSet<_> = c.write_many(0, count).await.into_iter().collect();
+    c.wait_converged(T).await;
+    written.extend(c.write_many(1, count).await);
+    c.wait_converged(T).await;
+    c.assert_all_present().await;
+    let head = c.svc(0).status().log_head.seq.0;
+    assert_eq!(head, 2 * count as u64);
+    for (i, events) in events.iter_mut().enumerate() {
+        let (mut next, mut named) = (1, BTreeSet::new());
+        while let Ok(ev) = events.try_recv() {
+            if let Event::Applied { from, through, records, truncated } = ev {
+                assert_eq!(from.0, next, "device {i}: applied batches tile the log in order");
+                assert!(!truncated, "device {i}: {} records in one event", records.len());
+                next = through.0 + 1;
+                named.extend(records.iter().map(|r| r.record));
+            }
+        }
+        assert_eq!(next, head + 1, "device {i}: every seq applied once");
+        assert_eq!(named, written, "device {i}: every record named");
+    }
     c.shutdown_all().await;
 }

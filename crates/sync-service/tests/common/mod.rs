@@ -260,12 +260,13 @@ impl Cluster {
         id
     }
 
-    /// Commits `count` tags in one transaction on device `i`.
-    pub async fn write_many(&mut self, i: usize, count: usize) {
+    /// Commits `count` tags in one transaction on device `i`; returns their ids.
+    pub async fn write_many(&mut self, i: usize, count: usize) -> Vec<Uuid> {
         let tags: Vec<Tag> = (0..count).map(|k| Tag::new(format!("t{k}"), None)).collect();
         let ids: Vec<Uuid> = tags.iter().map(|t| t.uuid.0).collect();
         self.svc(i).commit(tags.into_iter().map(Op::put).collect()).await.unwrap();
-        self.acknowledged.extend(ids);
+        self.acknowledged.extend(ids.iter().copied());
+        ids
     }
 
     pub fn running(&self) -> Vec<usize> {
