@@ -72,6 +72,8 @@ struct Forwarded {
     term: Option<Term>,
     /// Our own origin seqs up to here were sent to that term's leader.
     through: u64,
+    /// The re-submissions up to this position (`Library::resubmit_after`) were sent to it.
+    resubmit_through: i64,
     /// When a submit was last sent.
     at: Option<Instant>,
     /// Submits sent and not answered yet (at most [`SUBMITS_IN_FLIGHT`]).
@@ -721,6 +723,7 @@ impl Engine {
                 self.pushed_through = self.head.seq;
                 self.fetch = None;
                 self.search = None;
+                self.snapshot = None;
             }
             LChange::StepDown(step) => {
                 // Stop at once; followers keep their changes and re-forward them to the
@@ -733,6 +736,9 @@ impl Engine {
                 self.forwarded = Forwarded::default();
                 self.fetch = None;
                 self.search = None;
+                // What the previous leader announced says nothing of this one's log.
+                self.leader_seq = Seq::ZERO;
+                self.snapshot = None;
                 let leader = wire::from_l(term.leader);
                 if self.peers.contains_key(&leader) {
                     self.on_leader_reachable(leader, None).await;
@@ -1045,6 +1051,11 @@ impl Engine {
 
     async fn apply(&mut self, from: DeviceId, entries: Vec<LogEntry>) {
         let Some(first) = entries.first().map(|e| e.seq) else { return };
+        if self.search.is_some() {
+            // Our suffix is being compared with the leader's: what it sends now is fetched
+            // after the rewind (applying it would restart the search on every push).
+            return;
+        }
         if plan::classify(self.head.seq, first) == Incoming::Gap {
             self.request_fetch();
             return;
@@ -1060,7 +1071,7 @@ impl Engine {
                 if fresh.iter().any(|e| e.change.origin.device == self.me) {
                     self.forward(false).await;
                 }
-                self.emit_applied(&fresh);
+                self.emit_applied_since(before, &fresh);
                 self.ack(from);
             }
             Err(txn_manager::Error::Log(sync_log::Error::Diverged { seq, .. })) => {
@@ -1157,8 +1168,9 @@ impl Engine {
     }
 
     /// Sends the leader what it has not been sent: with `force` (a new leader, a reconnect,
-    /// a resend) the resubmit table and the whole outbox, else the outbox rows after the last
-    /// one sent — page by page while fewer than [`SUBMITS_IN_FLIGHT`] submits are unanswered.
+    /// a resend) the resubmit table and the whole outbox, else the re-submissions and outbox
+    /// rows after the last ones sent — re-submissions first (they are older), page by page
+    /// while fewer than [`SUBMITS_IN_FLIGHT`] submits are unanswered.
     async fn forward(&mut self, force: bool) {
         let Some(leader) = self.leader() else { return };
         if !self.peers.contains_key(&leader) {
@@ -1170,29 +1182,32 @@ impl Engine {
             self.forwarded = Forwarded { term, ..Forwarded::default() };
         }
         let page = self.cfg.page as usize;
-        let mut resubmit = force;
         loop {
             let waits_for_answers = self.forwarded.cut && self.forwarded.in_flight > 0;
             if self.forwarded.in_flight >= SUBMITS_IN_FLIGHT || waits_for_answers {
                 self.forwarded.pending = true;
                 return;
             }
-            let through = self.forwarded.through;
+            let (through, resubmit_through) =
+                (self.forwarded.through, self.forwarded.resubmit_through);
             let read = self.tm.with_blocking(|l| {
-                let resubmits =
-                    if resubmit && l.resubmit_count() > 0 { l.resubmit(page)? } else { Vec::new() };
+                let resubmits = l.resubmit_after(resubmit_through, page)?;
+                // A full page of re-submissions goes alone: the outbox follows them.
+                if resubmits.len() >= page {
+                    return Ok((resubmits, Vec::new(), true));
+                }
                 let outbox = l.outbox_after_seq(through, page)?;
                 let full = outbox.len() >= page;
                 Ok((resubmits, outbox, full))
             });
-            let (mut changes, mut outbox, mut more) = match read {
+            let (resubmits, mut outbox, mut more) = match read {
                 Ok(read) => read,
                 Err(e) => {
                     self.fail("reading the outbox", &e);
                     return;
                 }
             };
-            resubmit = false;
+            let (positions, mut changes): (Vec<i64>, Vec<Change>) = resubmits.into_iter().unzip();
             let me = self.me;
             // What is left of a row sent in part (a transaction too large for one submit).
             outbox.retain(|c| c.origin.device != me || c.origin.seq > through);
@@ -1213,10 +1228,14 @@ impl Engine {
                 .filter(|c| c.origin.device == me)
                 .map(|c| c.origin.seq)
                 .max();
+            let last_resubmit = positions.get(..resubmits.min(changes.len())).and_then(<[_]>::last);
+            let last_resubmit = last_resubmit.copied();
             if !self.send(leader, Message::Submit(Submit { changes })) {
                 return; // the queue is full: the resend on the tick catches up
             }
             self.forwarded.through = last_own.unwrap_or(through).max(through);
+            self.forwarded.resubmit_through =
+                last_resubmit.unwrap_or(resubmit_through).max(resubmit_through);
             self.forwarded.at = Some(Instant::now());
             self.forwarded.in_flight += 1;
             self.forwarded.pending = false;
@@ -1277,6 +1296,9 @@ impl Engine {
             return;
         };
         let epoch = Epoch(term.epoch.0);
+        // Everything the library applies in this round is announced once, at its end (the
+        // sequencing write applies waiting submits before it appends).
+        let before = self.applied;
         let submits = std::mem::take(&mut self.submits);
         // Every submit that waited is appended in ONE transaction (each keeps its order);
         // if that fails (say one sender reused an origin key), each is tried alone, so one
@@ -1331,16 +1353,13 @@ impl Engine {
             }
         };
         let pushed = self.push(term, fresh);
-        if self.applied < self.head.seq {
-            let before = self.applied;
-            match self.write(Write::CatchUp, None).await {
-                Ok(_) => self.emit_applied_since(before, &pushed),
-                Err(e) => {
-                    self.fail("applying what was sequenced", &e);
-                    self.sequence_due = true;
-                }
-            }
+        if self.applied < self.head.seq
+            && let Err(e) = self.write(Write::CatchUp, None).await
+        {
+            self.fail("applying what was sequenced", &e);
+            self.sequence_due = true;
         }
+        self.emit_applied_since(before, &pushed);
     }
 
     /// Appends the changes of `submits` in one transaction and answers each sender with the
@@ -1484,6 +1503,14 @@ impl Engine {
                 }
             }
             return;
+        }
+        if self.applied < self.head.seq {
+            // An apply that failed after its entries reached the log is tried again.
+            let before = self.applied;
+            match self.write(Write::CatchUp, None).await {
+                Ok(_) => self.emit_applied_since(before, &[]),
+                Err(e) => self.fail("applying what the log holds", &e),
+            }
         }
         if self.leader_seq > self.head.seq {
             self.request_fetch();

@@ -126,8 +126,10 @@ impl Library {
         Ok(self.resubmit_after(0, limit.max(1))?.into_iter().map(|(_, c)| c).collect())
     }
 
-    /// Up to `limit` waiting changes after position `after` in `resubmit`, with their position.
-    pub(super) fn resubmit_after(
+    /// Like [`Library::resubmit`], a page at a time: up to `limit` waiting changes after
+    /// position `after` (0 for the first page), in log order, each with its position — a
+    /// sender passes the last position it sent to read the next page.
+    pub fn resubmit_after(
         &mut self,
         after: i64,
         limit: usize,
