@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -140,7 +141,9 @@ pub(crate) struct EngineParts {
     pub(crate) ctx: SessionCtx,
     pub(crate) outlets: Outlets,
     pub(crate) local_tx: watch::Sender<LocalState>,
-    pub(crate) status_tx: watch::Sender<Status>,
+    pub(crate) status_tx: Arc<watch::Sender<Status>>,
+    /// Commits made through the service (each followed by a [`Control::Kick`]).
+    pub(crate) commits: Arc<AtomicU64>,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) seed: u64,
     /// Set when the service stops (cleanly or not): the dial loops end.
@@ -163,7 +166,11 @@ pub(crate) struct Engine {
     ctx: SessionCtx,
     outlets: Outlets,
     local_tx: watch::Sender<LocalState>,
-    status_tx: watch::Sender<Status>,
+    status_tx: Arc<watch::Sender<Status>>,
+    /// Commits made through the service, and the kicks of them handled here: while any is
+    /// not handled, the status counts it as unsent.
+    commits: Arc<AtomicU64>,
+    commits_seen: u64,
     events: broadcast::Sender<Event>,
     seed: u64,
     runtime: tokio::runtime::Handle,
@@ -306,6 +313,8 @@ impl Engine {
             outlets: parts.outlets,
             local_tx: parts.local_tx,
             status_tx: parts.status_tx,
+            commits: parts.commits,
+            commits_seen: 0,
             events: parts.events,
             seed: parts.seed,
             runtime: parts.runtime,
@@ -695,6 +704,7 @@ impl Engine {
         match c {
             Control::Role(change) => self.on_role(change).await,
             Control::Kick { devices } => {
+                self.commits_seen += 1;
                 self.members_due |= devices;
                 // At least this commit waits (the exact count comes with the next refresh):
                 // the status never says "in sync" while a write is unsent.
@@ -1574,7 +1584,13 @@ impl Engine {
         };
         let leader = ls.leader.map(|t| wire::from_l(t.leader));
         let leader_connected = leader.is_some_and(|l| l == self.me || self.peers.contains_key(&l));
-        let pending = self.outbox_len + self.resubmit_len;
+        // A commit whose kick is still on its way is unsent too.
+        let outbox_len = if self.commits.load(Ordering::SeqCst) > self.commits_seen {
+            self.outbox_len.max(1)
+        } else {
+            self.outbox_len
+        };
+        let pending = outbox_len + self.resubmit_len;
         let state = if self.removed.is_some() {
             SyncState::Removed
         } else if let Some(through) = self.snapshot {
@@ -1611,7 +1627,7 @@ impl Engine {
             lag_entries,
             lag,
             peers,
-            outbox_len: self.outbox_len,
+            outbox_len,
             resubmit_len: self.resubmit_len,
             kept: self.kept,
             rewinds: self.rewinds,

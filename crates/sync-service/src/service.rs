@@ -1,7 +1,7 @@
 //! [`SyncService`]: the public async API for one library on one device.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use leadership::LeadershipStore;
 use leadership::driver::{self, DriverParams, FirstStart};
@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::engine::{self, Control, Engine, EngineParts, EngineTask};
 use crate::error::{Error, Result};
 use crate::peer::{Acceptor, Deliver, DynConnector, Member, Outlets, SessionCtx};
-use crate::status::{Event, Status};
+use crate::status::{Event, Status, SyncState};
 use crate::wire;
 
 /// Incoming messages waiting for the engine, all peers together; beyond this a session's
@@ -91,6 +91,10 @@ struct Inner {
     tm: TransactionManager,
     control: mpsc::UnboundedSender<Control>,
     status: watch::Receiver<Status>,
+    /// Shared with the engine, which publishes every status; `commit` marks a write unsent.
+    status_tx: Arc<watch::Sender<Status>>,
+    /// Commits made here (the engine counts the kicks it handled against it).
+    commits: Arc<AtomicU64>,
     events: broadcast::Sender<Event>,
     accepting: AtomicBool,
     task: std::sync::Mutex<Option<EngineTask>>,
@@ -179,6 +183,8 @@ impl SyncService {
         };
         let (local_tx, local_rx) = watch::channel(local);
         let (status_tx, status_rx) = watch::channel(Status::new(device));
+        let status_tx = Arc::new(status_tx);
+        let commits = Arc::new(AtomicU64::new(0));
         let (events, _) = broadcast::channel(EVENTS);
         let deliver: Deliver = {
             let driver = driver.clone();
@@ -205,7 +211,8 @@ impl SyncService {
             ctx,
             outlets,
             local_tx,
-            status_tx,
+            status_tx: Arc::clone(&status_tx),
+            commits: Arc::clone(&commits),
             events: events.clone(),
             seed,
             stop: Arc::clone(&stop),
@@ -221,6 +228,8 @@ impl SyncService {
                 tm,
                 control: control_tx,
                 status: status_rx,
+                status_tx,
+                commits,
                 events,
                 accepting: AtomicBool::new(true),
                 task: std::sync::Mutex::new(Some(task)),
@@ -239,6 +248,19 @@ impl SyncService {
             return Err(Error::Stopped);
         }
         let changes = self.inner.tm.commit(ops).await?;
+        // Counted before the status is touched: the engine never publishes "nothing waits"
+        // while a commit's kick is on its way.
+        self.inner.commits.fetch_add(1, Ordering::SeqCst);
+        if !changes.is_empty() {
+            self.inner.status_tx.send_if_modified(|s| {
+                let stale = s.outbox_len == 0 || s.state == SyncState::InSync;
+                s.outbox_len = s.outbox_len.max(1);
+                if s.state == SyncState::InSync {
+                    s.state = SyncState::Syncing;
+                }
+                stale
+            });
+        }
         let devices = crate::engine::touches_devices(changes.iter());
         let _ = self.inner.control.send(Control::Kick { devices });
         Ok(changes)

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::Cluster;
-use sync_service::{Config, Event, Role};
+use sync_service::{Config, Event, Role, SyncState};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -213,5 +213,29 @@ async fn every_device_is_told_of_commits_past_one_push() {
         assert_eq!(next, head + 1, "device {i}: every seq applied once");
         assert_eq!(named, written, "device {i}: every record named");
     }
+    c.shutdown_all().await;
+}
+
+/// The status never says "in sync" while a commit is unsent: right after `commit` returns, on
+/// a follower and on the leader, the status counts the write as waiting — and once it is
+/// sequenced and applied everywhere, every device says in sync again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_counts_a_commit_as_unsent_until_the_engine_has_it() {
+    let mut c = Cluster::new(3, common::seed(9)).await;
+    assert_eq!(c.wait_leader(T).await, 0);
+    c.wait_synced(&[0, 1, 2], T).await;
+    for k in 0..20 {
+        let i = [1, 0][k % 2];
+        c.write(i, &format!("status {k}")).await;
+        let s = c.svc(i).status();
+        assert!(s.outbox_len >= 1, "device {i} after commit {k}: {s:?}");
+        assert_ne!(s.state, SyncState::InSync, "device {i} after commit {k}");
+        c.wait_for("every device to say in sync", T, || async {
+            (0..3).all(|i| c.svc(i).status().state == SyncState::InSync)
+        })
+        .await;
+    }
+    c.wait_converged(T).await;
+    c.assert_all_present().await;
     c.shutdown_all().await;
 }
