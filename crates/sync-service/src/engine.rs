@@ -91,6 +91,10 @@ struct Forwarded {
 /// bound keeps the leader's inbox (and its memory) small.
 const SUBMITS_IN_FLIGHT: usize = 4;
 
+/// Submitted changes under reused origin keys the leader sets aside in one append before it
+/// refuses the submits (each costs one more attempt of the whole append).
+const SET_ASIDE_MAX: usize = 16;
+
 /// A write to the library and its log, run in one blocking call with the reads that follow
 /// it (see [`Engine::write`]).
 enum Write {
@@ -1373,44 +1377,64 @@ impl Engine {
     }
 
     /// Appends the changes of `submits` in one transaction and answers each sender with the
-    /// seqs of its changes. `Some(any new)`, or `None` (and an error to each sender) if the
-    /// append failed.
+    /// seqs of its changes. A change under an origin key the log already holds with another
+    /// change (its device handed the key out twice) is set aside — it stays with its sender,
+    /// unanswered — and the rest is appended, up to [`SET_ASIDE_MAX`] such keys per call, so
+    /// one reused key never wedges a sender's submits. `Some(any new)`, or `None` (and an
+    /// error to each sender) if the append failed.
     async fn append_submits(
         &mut self,
         epoch: Epoch,
         submits: Vec<(DeviceId, Vec<Change>)>,
     ) -> Option<bool> {
-        let origins: Vec<(DeviceId, Vec<sync_log::OriginKey>)> = submits
-            .iter()
-            .map(|(peer, changes)| (*peer, changes.iter().map(|c| c.origin).collect()))
-            .collect();
-        let all: Vec<Change> = submits.into_iter().flat_map(|(_, changes)| changes).collect();
-        // Applied by the catch-up that follows.
-        self.members_due |= touches_devices(all.iter());
-        match self.log.with_blocking(|s| s.append(epoch, &all)) {
-            Ok(result) => {
-                let new = result.iter().any(|a| a.new);
-                let mut result = result.into_iter();
-                for (peer, origins) in origins {
-                    let assigned = origins
-                        .into_iter()
-                        .zip(result.by_ref())
-                        .map(|(origin, a)| Assigned { origin, seq: a.seq })
-                        .collect();
-                    self.send(peer, Message::SubmitAck(SubmitAck { epoch, assigned }));
+        let mut set_aside = BTreeSet::new();
+        loop {
+            let keep = |c: &Change| !set_aside.contains(&c.origin);
+            let origins: Vec<(DeviceId, Vec<sync_log::OriginKey>)> = submits
+                .iter()
+                .map(|(peer, changes)| {
+                    (*peer, changes.iter().filter(|c| keep(c)).map(|c| c.origin).collect())
+                })
+                .collect();
+            let all: Vec<Change> = submits
+                .iter()
+                .flat_map(|(_, changes)| changes)
+                .filter(|c| keep(c))
+                .cloned()
+                .collect();
+            // Applied by the catch-up that follows.
+            self.members_due |= touches_devices(all.iter());
+            let error = match self.log.with_blocking(|s| s.append(epoch, &all)) {
+                Ok(result) => {
+                    let new = result.iter().any(|a| a.new);
+                    let mut result = result.into_iter();
+                    for (peer, origins) in origins {
+                        let assigned = origins
+                            .into_iter()
+                            .zip(result.by_ref())
+                            .map(|(origin, a)| Assigned { origin, seq: a.seq })
+                            .collect();
+                        self.send(peer, Message::SubmitAck(SubmitAck { epoch, assigned }));
+                    }
+                    return Some(new);
                 }
-                Some(new)
+                Err(e) => e,
+            };
+            if let sync_log::Error::OriginConflict { origin, seq } = &error
+                && set_aside.len() < SET_ASIDE_MAX
+                && set_aside.insert(*origin)
+            {
+                warn!(library = %self.library, ?origin, %seq, "a submitted change reuses an origin key the log holds with another change: set aside");
+                continue;
             }
-            Err(e) => {
-                self.fail("sequencing submits", &e);
-                let code =
-                    if e.is_retryable() { ErrorCode::INTERNAL } else { ErrorCode::PROTOCOL_ERROR };
-                for (peer, _) in origins {
-                    let message = e.to_string();
-                    self.send(peer, Message::Error(ErrorMessage { code, message }));
-                }
-                None
+            self.fail("sequencing submits", &error);
+            let code =
+                if error.is_retryable() { ErrorCode::INTERNAL } else { ErrorCode::PROTOCOL_ERROR };
+            for (peer, _) in origins {
+                let message = error.to_string();
+                self.send(peer, Message::Error(ErrorMessage { code, message }));
             }
+            return None;
         }
     }
 

@@ -8,6 +8,7 @@ use library_models as _;
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::Cluster;
@@ -252,5 +253,70 @@ async fn a_suffix_of_more_than_a_page_is_resubmitted_while_writes_go_on() {
     c.wait_converged(T).await;
     c.assert_all_present().await;
     assert!(c.total_rewinds() >= 1, "one side had to rewind\n{}", c.describe());
+    c.shutdown_all().await;
+}
+
+/// Accepts nothing: the raw member below only dials.
+struct DialOnly;
+
+impl sync_proto::SessionHandler for DialOnly {
+    fn local_state(&self, _: &sync_log::LibraryId) -> Option<sync_proto::LocalState> {
+        None
+    }
+
+    async fn serve(&self, _: sync_proto::Session) {}
+}
+
+/// A member's submit that mixes a change under an origin key the log already holds with
+/// another change (the device handed the key out twice, as after a restored backup) with new
+/// changes: the leader sets the reused key aside and sequences the rest — one reused key never
+/// wedges a member's submits — and the log keeps the original change under that key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_with_a_reused_origin_key_sequences_the_rest() {
+    use sync_proto::{Connector as _, LocalState, MemberTable, Message, ProtoConfig, Submit};
+    let mut c = Cluster::new(3, common::seed(31)).await;
+    assert_eq!(c.wait_leader(T).await, 0);
+    c.write(2, "an honest change").await;
+    c.wait_converged(T).await;
+    let (me, status) = (c.devices[2].id, c.svc(2).status());
+    let log = c.devices[0].log.clone().unwrap();
+    let entries = log.read_after(sync_log::Seq::ZERO, 1_000).await.unwrap();
+    let taken = entries.iter().find(|e| e.change.origin.device == me).unwrap().clone();
+    c.stop(2).await;
+    // Device 2 comes back as a bare session that sends what it likes.
+    let table = MemberTable::new();
+    table.add(c.library, c.devices[0].endpoint, c.devices[0].id);
+    let connector =
+        c.net.add_node(c.devices[2].endpoint, table, Arc::new(DialOnly), ProtoConfig::default());
+    let local = LocalState {
+        library: c.library,
+        device: me,
+        epoch: status.epoch,
+        position: status.log_head,
+        models: vec!["tag".into()],
+    };
+    let mut session =
+        connector.connect(iroh::EndpointAddr::new(c.devices[0].endpoint), local).await.unwrap();
+    let mut reused = taken.change.clone();
+    reused.hlc = sync_log::Hlc(reused.hlc.0 + 1);
+    let fresh: Vec<_> = (1..=3u64)
+        .map(|k| {
+            let mut change = taken.change.clone();
+            change.origin.seq += k;
+            change.hlc = sync_log::Hlc(change.hlc.0 + k);
+            change
+        })
+        .collect();
+    let mut changes = vec![reused];
+    changes.extend(fresh.iter().cloned());
+    session.send(&Message::Submit(Submit { changes })).await.unwrap();
+    c.wait_for("the leader to sequence the changes under new keys", T, || async {
+        let counts = c.origin_counts(0).await;
+        fresh.iter().all(|f| counts.get(&f.origin) == Some(&1))
+    })
+    .await;
+    let kept = log.read_after(sync_log::Seq(taken.seq.0 - 1), 1).await.unwrap();
+    assert_eq!(kept[0].change, taken.change, "the log keeps the original under the key");
+    drop(session);
     c.shutdown_all().await;
 }
