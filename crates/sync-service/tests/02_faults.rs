@@ -63,11 +63,9 @@ async fn a_single_isolated_device_causes_zero_rewinds() {
     c.shutdown_all().await;
 }
 
-/// Four devices split 2|2: both sides write and elect (two histories), and on heal they
-/// converge with zero loss: the losing side rewinds and re-submits its suffix.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_two_two_split_converges_without_loss() {
-    let mut c = Cluster::new(4, common::seed(12)).await;
+/// Four devices, after a first write everyone has, split 2|2 — {0, 1} keep their leader,
+/// {2, 3} elect one of their own.
+async fn split_two_two(c: &mut Cluster) {
     c.wait_leader(T).await;
     c.write(0, "before").await;
     c.wait_converged(T).await;
@@ -76,13 +74,26 @@ async fn a_two_two_split_converges_without_loss() {
         [2, 3].iter().any(|&i| c.svc(i).status().role == Role::Leader)
     })
     .await;
-    for k in 0..4 {
-        c.write(k, &format!("side write {k}")).await;
-    }
+}
+
+/// Waits until every device's outbox is empty: each side sequenced its writes.
+async fn wait_both_sides_sequenced(c: &Cluster) {
     c.wait_for("both sides to sequence", T, || async {
         (0..4).all(|i| c.svc(i).status().outbox_len == 0)
     })
     .await;
+}
+
+/// Four devices split 2|2: both sides write and elect (two histories), and on heal they
+/// converge with zero loss: the losing side rewinds and re-submits its suffix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_two_split_converges_without_loss() {
+    let mut c = Cluster::new(4, common::seed(12)).await;
+    split_two_two(&mut c).await;
+    for k in 0..4 {
+        c.write(k, &format!("side write {k}")).await;
+    }
+    wait_both_sides_sequenced(&c).await;
     c.heal();
     c.wait_converged(T).await;
     c.assert_all_present().await;
@@ -221,21 +232,11 @@ async fn a_large_unsent_backlog_is_forwarded_page_after_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suffix_of_more_than_a_page_is_resubmitted_while_writes_go_on() {
     let mut c = Cluster::new(4, common::seed(21)).await;
-    c.wait_leader(T).await;
-    c.write(0, "before").await;
-    c.wait_converged(T).await;
-    c.partition(&[&[0, 1], &[2, 3]]);
-    c.wait_for("the other side to elect", T, || async {
-        [2, 3].iter().any(|&i| c.svc(i).status().role == Role::Leader)
-    })
-    .await;
+    split_two_two(&mut c).await;
     for k in 0..4 {
         c.write_many(k, 800).await;
     }
-    c.wait_for("both sides to sequence", T, || async {
-        (0..4).all(|i| c.svc(i).status().outbox_len == 0)
-    })
-    .await;
+    wait_both_sides_sequenced(&c).await;
     c.heal();
     let deadline = tokio::time::Instant::now() + T;
     let mut k = 0;
