@@ -1387,21 +1387,13 @@ impl Engine {
         epoch: Epoch,
         submits: Vec<(DeviceId, Vec<Change>)>,
     ) -> Option<bool> {
-        let mut set_aside = BTreeSet::new();
+        let mut origins: Vec<(DeviceId, Vec<sync_log::OriginKey>)> = submits
+            .iter()
+            .map(|(peer, changes)| (*peer, changes.iter().map(|c| c.origin).collect()))
+            .collect();
+        let mut all: Vec<Change> = submits.into_iter().flat_map(|(_, changes)| changes).collect();
+        let mut set_aside = 0;
         loop {
-            let keep = |c: &Change| !set_aside.contains(&c.origin);
-            let origins: Vec<(DeviceId, Vec<sync_log::OriginKey>)> = submits
-                .iter()
-                .map(|(peer, changes)| {
-                    (*peer, changes.iter().filter(|c| keep(c)).map(|c| c.origin).collect())
-                })
-                .collect();
-            let all: Vec<Change> = submits
-                .iter()
-                .flat_map(|(_, changes)| changes)
-                .filter(|c| keep(c))
-                .cloned()
-                .collect();
             // Applied by the catch-up that follows.
             self.members_due |= touches_devices(all.iter());
             let error = match self.log.with_blocking(|s| s.append(epoch, &all)) {
@@ -1421,10 +1413,15 @@ impl Engine {
                 Err(e) => e,
             };
             if let sync_log::Error::OriginConflict { origin, seq } = &error
-                && set_aside.len() < SET_ASIDE_MAX
-                && set_aside.insert(*origin)
+                && set_aside < SET_ASIDE_MAX
+                && all.iter().any(|c| c.origin == *origin)
             {
                 warn!(library = %self.library, ?origin, %seq, "a submitted change reuses an origin key the log holds with another change: set aside");
+                set_aside += 1;
+                all.retain(|c| c.origin != *origin);
+                for (_, keys) in &mut origins {
+                    keys.retain(|k| k != origin);
+                }
                 continue;
             }
             self.fail("sequencing submits", &error);
